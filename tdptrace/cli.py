@@ -1,0 +1,84 @@
+"""The `tdptrace` command line: a thin typer app; each command group lives in tdptrace/commands/."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from tdptrace import __version__
+from tdptrace.errors import TdpError
+
+app = typer.Typer(
+    name="tdptrace",
+    help="Watch the KVM x86 TDP MMU: zap levels, mmu_lock hold time between yields, retained page tables.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Each module in tdptrace/commands/ exposes register(app). Order = order in --help.
+COMMAND_MODULES = [
+    "record", "exercise", "doctor", "importing", "summary", "triage", "plot", "report", "compare",
+    "simulate", "calibrate", "top", "serve", "lab",
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tdptrace {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """tdptrace: KVM TDP MMU zap tracing."""
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        modname = f"tdptrace.commands.{name}"
+        try:
+            module = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name == modname:  # command not built in this version
+                continue
+            raise
+        module.register(app)
+
+
+_register_all()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: runs the app and turns TdpError into one line on stderr and an exit status."""
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except TdpError as exc:
+        print(f"tdptrace: error: {exc.line()}", file=sys.stderr)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print("tdptrace: aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("tdptrace: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return rc if isinstance(rc, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""User-facing errors: one clear line saying what is wrong and what to do, never a traceback."""
+from __future__ import annotations
+
+
+class TdpError(Exception):
+    """An error the user can act on. `hint` says what to do; `exit_code` is the process status."""
+
+    def __init__(self, message: str, hint: str = "", exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.exit_code = exit_code
+
+    def line(self) -> str:
+        """The one line printed to stderr."""
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+class BadInput(TdpError):
+    """The file or value given cannot be read as what it claims to be."""
+
+
+class BadCapture(TdpError):
+    """A capture directory is missing, damaged or of an unknown format version."""
+
+
+class MissingCapability(TdpError):
+    """The host lacks something a live command needs (root, bcc, headers, tracefs, kprobes...)."""
+
+
+class MissingEvents(TdpError):
+    """An analysis needs events the capture does not contain."""
