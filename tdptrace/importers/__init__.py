@@ -1,0 +1,122 @@
+"""Importers: trace text written by tracefs, trace-cmd or perf -> a capture directory.
+
+`import_file(path, out)` detects the format, streams the file in blocks (bounded memory), decodes the
+events, and assembles the capture with the same definitions the live recorder uses.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tdptrace.assemble import Assembler
+from tdptrace.capture import CaptureMeta, CaptureWriter, default_host
+from tdptrace.errors import BadInput
+from tdptrace.importers import tracefs
+from tdptrace.importers.decode import decode
+from tdptrace.importers.reader import PERF_DATA_MAGIC, TRACE_DAT_MAGIC, blocks, sniff
+from tdptrace.spte import encoding_for_release
+
+FORMATS = ("auto", "tracefs", "trace-cmd", "perf")
+
+
+@dataclass
+class ImportResult:
+    """What an import did: where the capture is and what the input held."""
+
+    capture: Path
+    format: str
+    lines: int = 0
+    events: int = 0
+    unparsed: int = 0
+    unparsed_example: str = ""
+    truncated_tail: str = ""
+    lost: int = 0
+    spans: int = 0
+    unknown: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def detect_format(path: Path) -> str:
+    """Which text format (or binary container) the file holds; BadInput when none."""
+    head = sniff(path)
+    if head.startswith(TRACE_DAT_MAGIC):
+        return "trace-cmd-dat"
+    if head.startswith(PERF_DATA_MAGIC):
+        return "perf-data"
+    if not head.strip():
+        raise BadInput(f"{path} is empty", "give the text of tracefs 'trace', 'trace-cmd report' or 'perf script'")
+    if b"\x00" in head[:4096]:
+        raise BadInput(f"{path} is binary, not trace text",
+                       "give the text of tracefs 'trace', 'trace-cmd report' or 'perf script' (or a trace.dat)")
+    text = head.decode("utf-8", errors="replace")
+    from tdptrace.importers import formats
+
+    for name, probe in formats.PROBES:
+        if probe(text):
+            return name
+    raise BadInput(f"{path}: not a trace format tdptrace knows",
+                   "expected tracefs trace/trace_pipe text, 'trace-cmd report' or 'perf script' output")
+
+
+def import_file(path: str | Path, out: str | Path, *, fmt: str = "auto", kernel_release: str | None = None,
+                kallsyms: str | Path | None = None, kprobe_events: str | Path | None = None,
+                force: bool = False, progress: Callable[[int], None] | None = None) -> ImportResult:
+    """Import a trace file into a new capture directory `out`."""
+    from tdptrace.importers import formats
+
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise BadInput(f"unknown format '{fmt}'", f"use one of {', '.join(FORMATS)}")
+    kind = detect_format(path) if fmt == "auto" else fmt
+    if kind in ("trace-cmd-dat", "perf-data"):
+        path, kind = formats.report_binary(path, kind)
+    enc = encoding_for_release(kernel_release) if kernel_release else None
+    if kernel_release and enc is None:
+        raise BadInput(f"--kernel '{kernel_release}' is not a kernel release", "give e.g. 6.1.0-56-amd64")
+    parser = formats.line_parser(kind, kallsyms=kallsyms, kprobe_events=kprobe_events)
+    meta = CaptureMeta(
+        source={"kind": "import", "format": kind, "input": path.name},
+        kernel={"release": kernel_release} if kernel_release else {},
+        host=default_host() | {"hostname": None, "note": "imported: the host that recorded is unknown"},
+        clock={"name": "trace (as printed)", "unit": "ns"},
+    )
+    result = ImportResult(capture=Path(out), format=kind)
+    with CaptureWriter(out, meta, overwrite=force) as writer:
+        asm = Assembler(writer, enc)
+        seq = 0
+        for block in blocks(path):
+            if block.data:
+                parsed = parser(tracefs.split_lines(block.data), seq)
+                n = parsed.events.num_rows
+                result.lines += parsed.events.num_rows + parsed.unparsed + parsed.comment_lines + len(parsed.lost)
+                result.unparsed += parsed.unparsed
+                if parsed.unparsed and not result.unparsed_example:
+                    result.unparsed_example = parsed.unparsed_example
+                asm.lost.extend(parsed.lost)
+                asm.header_overrun += parsed.header_overrun
+                if n:
+                    chunk = decode(parsed.events)
+                    asm.add(chunk)
+                seq += n
+                result.events += n
+                if progress:
+                    progress(len(block.data))
+            if block.last and block.truncated_tail.strip():
+                result.truncated_tail = block.truncated_tail.decode("utf-8", errors="replace")[:80]
+        if result.events == 0:
+            writer.meta.notes.append("no events")
+            example = f" (first line: '{result.unparsed_example[:60]}')" if result.unparsed_example else ""
+            raise BadInput(f"{path}: no trace events found{example}",
+                           "is this tracefs, trace-cmd report or perf script text?")
+        stats = asm.finish()
+        result.spans = stats["spans"]
+        result.lost = stats["lost"]
+        result.unknown = dict(asm.unknown)
+        if result.unparsed:
+            writer.meta.notes.append(f"{result.unparsed} lines could not be read, e.g. '{result.unparsed_example[:80]}'")
+        if result.truncated_tail:
+            writer.meta.notes.append(f"the input's last line is truncated and was not imported: "
+                                     f"'{result.truncated_tail}'")
+        result.notes = list(writer.meta.notes)
+    return result

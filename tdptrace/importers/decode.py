@@ -1,0 +1,274 @@
+"""Decode parsed trace lines (any text format) into typed event frames, vectorised with Arrow compute.
+
+Every text importer (tracefs, trace-cmd, perf) first turns its lines into the common columns
+  ts (int64 ns), cpu, tid, comm, event, body   (+ seq, assigned by the caller)
+with kprobe locations already written the tracefs way: '(sym+0x0/0x1e0 [kvm]) a=1' for an entry and
+'(caller+0x74/0x90 [kvm] <- sym) ret=1' for a return. This module does the rest, identically for all.
+Keep the body formats in sync with arch/x86/kvm/mmu/mmutrace.h (TP_printk of each event).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tdptrace.importers.textnum import auto_to_u64, dec_to_i64, hex_to_u64
+from tdptrace.kernel_functions import SPTE_CHANGE_FUNCTIONS, YIELD_FUNCTIONS, ZAP_FUNCTIONS, base_symbol
+
+SPTE_CHANGED = "kvm_tdp_mmu_spte_changed"
+GET_PAGE = "kvm_mmu_get_page"
+PREPARE_ZAP = "kvm_mmu_prepare_zap_page"
+ZAP_ALL_FAST = "kvm_mmu_zap_all_fast"
+SPLIT_HUGE = "kvm_mmu_split_huge_page"
+MARKER_EVENTS = frozenset({ZAP_ALL_FAST, SPLIT_HUGE})
+# Other kvmmmu events are known and kept as markers, not counted as unknown.
+KNOWN_OTHER = frozenset({
+    "kvm_mmu_set_spte", "kvm_mmu_spte_requested", "kvm_mmu_pagetable_walk", "kvm_mmu_paging_element",
+    "kvm_mmu_set_accessed_bit", "kvm_mmu_set_dirty_bit", "kvm_mmu_walker_error", "kvm_mmu_sync_page",
+    "kvm_mmu_unsync_page", "mark_mmio_spte", "handle_mmio_page_fault", "fast_page_fault", "check_mmio_spte",
+    "kvm_mmu_invalidate_gva",
+})
+
+# tracefs: "as id %d gfn %llx level %d old_spte %llx new_spte %llx"
+_SPTE_RE = (r"^as id (?P<as_id>\d+) gfn (?P<gfn>[0-9a-fA-F]+) level (?P<level>\d+) "
+            r"old_spte (?P<old>[0-9a-fA-F]+) new_spte (?P<new>[0-9a-fA-F]+)")
+# KVM_MMU_PAGE_PRINTK: "sp gen %u gfn %llx l%u %u-byte q%u%s %s%s %snxe %sad root %u %s%c" (+ " new"/" existing")
+_SP_RE = (r"^sp gen (?P<gen>\d+) gfn (?P<gfn>[0-9a-fA-F]+) l(?P<level>\d+) .*? root (?P<root_count>\d+) "
+          r"(?P<sync>unsync|sync)\S*(?: (?P<created>new|existing))?")
+# Raw fields, as printed by perf/trace-cmd when they cannot format an event: "[FAILED TO PARSE] a=1 b=2"
+_FAILED = "[FAILED TO PARSE]"
+_KPROBE_RE = (r"^\((?P<loc>[^ ()]+?)(?:\+(?P<off>0x[0-9a-fA-F]+)/0x[0-9a-fA-F]+)?(?: \[(?P<mod>[^\]]+)\])?"
+              r"(?: <- (?P<sym>[^ ()]+))?\)\s*(?P<args>.*)$")
+
+POINTER_ARGS = ("kvm", "root", "lock", "sp")
+INT_ARGS = ("start", "end", "can_yield", "flush", "shared", "zap_level", "as_id", "gfn", "old_spte",
+            "new_spte", "level", "ret")
+ARG_ALIASES = {"gfn_start": "start", "gfn_end": "end", "retval": "ret", "arg1": "ret", "mmu_lock": "lock",
+               "old": "old_spte", "new": "new_spte", "asid": "as_id"}
+
+
+@dataclass
+class RawChunk:
+    """Typed events decoded from one block of lines (pandas frames, columns as in schema.py where shared)."""
+
+    sptes: pd.DataFrame
+    calls: pd.DataFrame
+    page_tables: pd.DataFrame
+    markers: pd.DataFrame
+    counts: Counter = field(default_factory=Counter)
+    unknown: Counter = field(default_factory=Counter)
+    from_handle_changed_spte: bool = False  # SPTE rows came from the 5.10-style __handle_changed_spte kprobe
+
+
+def _common(t: pa.Table) -> dict[str, np.ndarray | pd.Series]:
+    return {
+        "ts": t.column("ts").to_numpy(),
+        "seq": t.column("seq").to_numpy(),
+        "cpu": t.column("cpu").to_numpy().astype(np.int16),
+        "tid": t.column("tid").to_numpy().astype(np.int32),
+        "pid": np.full(t.num_rows, -1, dtype=np.int32) if "pid" not in t.column_names
+        else t.column("pid").to_numpy().astype(np.int32),
+        "comm": t.column("comm").to_pandas().astype("string"),
+    }
+
+
+def _failed_fields(body: pa.Array, names: list[str]) -> dict[str, pa.Array]:
+    """Extract name=value raw fields (perf/trace-cmd '[FAILED TO PARSE]' lines)."""
+    return {n: pc.struct_field(pc.extract_regex(body, rf"\b{n}=(?P<v>-?[0-9a-fA-Fx]+)"), [0]) for n in names}
+
+
+def decode_sptes(t: pa.Table) -> pd.DataFrame:
+    """kvm_tdp_mmu_spte_changed lines -> SPTES frame (hex gfn and SPTE values, decimal level)."""
+    body = t.column("body").combine_chunks()
+    failed = pc.starts_with(body, _FAILED)
+    out = _common(t)
+    n = t.num_rows
+    as_id = np.zeros(n, dtype=np.uint8)
+    gfn = np.zeros(n, dtype=np.uint64)
+    level = np.zeros(n, dtype=np.uint8)
+    old = np.zeros(n, dtype=np.uint64)
+    new = np.zeros(n, dtype=np.uint64)
+    fmask = failed.to_numpy(zero_copy_only=False)
+    if (~fmask).any():
+        idx = np.flatnonzero(~fmask)
+        m = pc.extract_regex(body.take(pa.array(idx)), _SPTE_RE)
+        bad = m.is_null().to_numpy(zero_copy_only=False)
+        if bad.any():
+            raise _bad_body(SPTE_CHANGED, body.take(pa.array(idx[bad][:1]))[0].as_py())
+        as_id[idx] = dec_to_i64(pc.struct_field(m, [0]), "as id")
+        gfn[idx] = hex_to_u64(pc.struct_field(m, [1]), "gfn")
+        level[idx] = dec_to_i64(pc.struct_field(m, [2]), "level")
+        old[idx] = hex_to_u64(pc.struct_field(m, [3]), "old_spte")
+        new[idx] = hex_to_u64(pc.struct_field(m, [4]), "new_spte")
+    if fmask.any():
+        idx = np.flatnonzero(fmask)
+        f = _failed_fields(body.take(pa.array(idx)), ["as_id", "gfn", "level", "old_spte", "new_spte"])
+        as_id[idx] = auto_to_u64(f["as_id"])
+        gfn[idx] = auto_to_u64(f["gfn"])
+        level[idx] = auto_to_u64(f["level"])
+        old[idx] = auto_to_u64(f["old_spte"])
+        new[idx] = auto_to_u64(f["new_spte"])
+    out.update(as_id=as_id, gfn=gfn, level=level, old_spte=old, new_spte=new)
+    return pd.DataFrame(out)
+
+
+def decode_page_tables(t: pa.Table) -> pd.DataFrame:
+    """kvm_mmu_get_page / kvm_mmu_prepare_zap_page -> PAGE_TABLES frame (kind alloc/lookup/free)."""
+    body = t.column("body").combine_chunks()
+    event = t.column("event").combine_chunks()
+    n = t.num_rows
+    out = _common(t)
+    gfn = np.zeros(n, dtype=np.uint64)
+    level = np.zeros(n, dtype=np.uint8)
+    role = pd.array([pd.NA] * n, dtype="UInt32")
+    root_count = np.zeros(n, dtype=np.int64)
+    unsync = np.zeros(n, dtype=np.int8)
+    gen = np.zeros(n, dtype=np.int64)
+    created = np.ones(n, dtype=bool)
+    fmask = pc.starts_with(body, _FAILED).to_numpy(zero_copy_only=False)
+    if (~fmask).any():
+        idx = np.flatnonzero(~fmask)
+        m = pc.extract_regex(body.take(pa.array(idx)), _SP_RE)
+        bad = m.is_null().to_numpy(zero_copy_only=False)
+        if bad.any():
+            raise _bad_body(event[int(idx[bad][0])].as_py(), body.take(pa.array(idx[bad][:1]))[0].as_py())
+        gen[idx] = dec_to_i64(pc.struct_field(m, [0]))
+        gfn[idx] = hex_to_u64(pc.struct_field(m, [1]), "gfn")
+        level[idx] = dec_to_i64(pc.struct_field(m, [2]))
+        root_count[idx] = dec_to_i64(pc.struct_field(m, [3]))
+        unsync[idx] = pc.equal(pc.struct_field(m, [4]), "unsync").to_numpy(zero_copy_only=False)
+        created[idx] = ~pc.fill_null(pc.equal(pc.struct_field(m, [5]), "existing"), False).to_numpy(
+            zero_copy_only=False)
+    if fmask.any():
+        idx = np.flatnonzero(fmask)
+        f = _failed_fields(body.take(pa.array(idx)), ["mmu_valid_gen", "gfn", "role", "root_count", "unsync",
+                                                       "created"])
+        r = auto_to_u64(f["role"]).astype(np.uint32)
+        role[idx] = r
+        level[idx] = r & 0xF
+        gfn[idx] = auto_to_u64(f["gfn"])
+        gen[idx] = auto_to_u64(f["mmu_valid_gen"]).astype(np.int64)
+        root_count[idx] = auto_to_u64(f["root_count"]).astype(np.int64)
+        unsync[idx] = auto_to_u64(f["unsync"]).astype(np.int8)
+        has_created = pc.is_valid(f["created"]).to_numpy(zero_copy_only=False)
+        created[idx] = ~has_created | (auto_to_u64(f["created"]) != 0)
+    is_free = pc.equal(event, PREPARE_ZAP).to_numpy(zero_copy_only=False)
+    kind = np.where(is_free, "free", np.where(created, "alloc", "lookup"))
+    out.update(kind=pd.array(kind, dtype="string"), gfn=gfn, level=level, role=role,
+               root_count=root_count.astype(np.int32), unsync=unsync, mmu_valid_gen=gen.astype(np.int32))
+    return pd.DataFrame(out)
+
+
+def decode_kprobes(t: pa.Table) -> tuple[pd.DataFrame, pa.Table]:
+    """Kprobe/kretprobe lines -> CALLS frame (entry or return of a symbol with its name=value arguments).
+
+    Returns (calls, rest): lines whose body is not a kprobe location go back to the caller as `rest`.
+    """
+    body = t.column("body").combine_chunks()
+    m = pc.extract_regex(body, _KPROBE_RE)
+    ok = m.is_valid()
+    rest = t.filter(pc.invert(ok))
+    t = t.filter(ok)
+    m = m.filter(ok)
+    # Arrow returns "" (not null) for optional groups that did not take part in the match.
+    loc = pc.struct_field(m, [0])
+    off = pc.struct_field(m, [1])
+    sym = pc.struct_field(m, [3])
+    args = pc.struct_field(m, [4])
+    has_sym = pc.not_equal(sym, "")
+    is_return = has_sym.to_numpy(zero_copy_only=False)
+    out = _common(t)
+    symbol = pd.Series(pc.if_else(has_sym, sym, loc).to_pandas(), dtype="string")
+    out["symbol"] = symbol
+    out["function"] = symbol.str.replace(r"\.(?:isra|constprop|part|cold|llvm)\.\d+.*$", "", regex=True)
+    at_entry = pc.is_in(off, pa.array(["", "0x0"])).to_numpy(zero_copy_only=False)
+    out["is_return"] = is_return
+    out["at_entry"] = at_entry | is_return
+    out["caller"] = pd.Series(pc.if_else(has_sym, loc, pa.scalar(None, pa.string())).to_pandas(),
+                              dtype="string")
+    # name=value arguments, whatever the user called them, normalised through ARG_ALIASES.
+    names = {n: [n] + [a for a, c in ARG_ALIASES.items() if c == n] for n in POINTER_ARGS + INT_ARGS}
+    for canon, aliases in names.items():
+        alt = "|".join(aliases)
+        v = pc.struct_field(pc.extract_regex(args, rf"(?:^|\s)(?:{alt})=(?P<v>-?(?:0x)?[0-9a-fA-F]+)\b"), [0])
+        valid = pc.is_valid(v).to_numpy(zero_copy_only=False)
+        vals = auto_to_u64(v, canon)
+        if canon in POINTER_ARGS:
+            col = pd.array(np.where(valid, vals, 0), dtype="UInt64")
+        else:
+            col = pd.array(vals.view(np.int64), dtype="Int64")
+        col[~valid] = pd.NA
+        out[f"arg_{canon}"] = col
+    out["args"] = pd.Series(args.to_pandas(), dtype="string")
+    return pd.DataFrame(out), rest
+
+
+def decode_markers(t: pa.Table) -> pd.DataFrame:
+    """Any other event -> MARKERS frame with its raw fields in `detail`."""
+    out = _common(t)
+    out["event"] = pd.Series(t.column("event").to_pandas(), dtype="string")
+    out["function"] = pd.Series([pd.NA] * t.num_rows, dtype="string")
+    out["detail"] = pd.Series(t.column("body").to_pandas(), dtype="string")
+    return pd.DataFrame(out)
+
+
+def _bad_body(event: str, body: str):
+    from tdptrace.errors import BadInput
+
+    return BadInput(f"cannot read a {event} line: '{body[:80]}'", "is the trace from a kernel whose format "
+                    "tdptrace knows? report it with the line")
+
+
+def decode(t: pa.Table) -> RawChunk:
+    """Split a common-column table by event kind and decode each kind."""
+    event = pc.replace_substring_regex(t.column("event"), pattern="^kvmmmu:", replacement="")
+    t = t.set_column(t.column_names.index("event"), "event", event)
+    ev = t.column("event")
+    counts = Counter(dict(zip(*[x.to_pylist() for x in pc.value_counts(ev).flatten()])))
+    is_spte = pc.equal(ev, SPTE_CHANGED)
+    is_spte_any = bool(pc.any(is_spte).as_py())
+    is_pt = pc.is_in(ev, pa.array([GET_PAGE, PREPARE_ZAP]))
+    sptes = decode_sptes(t.filter(is_spte))
+    page_tables = decode_page_tables(t.filter(is_pt))
+    other = t.filter(pc.invert(pc.or_(is_spte, is_pt)))
+    calls, rest = decode_kprobes(other)
+    # 5.10: a kprobe on __handle_changed_spte carries the SPTE change fields.
+    is_h = calls["function"].isin(SPTE_CHANGE_FUNCTIONS) & ~calls["is_return"]
+    if is_h.any():
+        h = calls[is_h]
+        extra = pd.DataFrame({
+            "ts": h["ts"].to_numpy(), "seq": h["seq"].to_numpy(), "cpu": h["cpu"].to_numpy(),
+            "tid": h["tid"].to_numpy(), "pid": h["pid"].to_numpy(), "comm": h["comm"],
+            "as_id": h["arg_as_id"].fillna(0).to_numpy(dtype=np.int64).astype(np.uint8),
+            "gfn": h["arg_gfn"].fillna(0).to_numpy(dtype=np.int64).view(np.uint64),
+            "level": h["arg_level"].fillna(0).to_numpy(dtype=np.int64).astype(np.uint8),
+            "old_spte": h["arg_old_spte"].fillna(0).to_numpy(dtype=np.int64).view(np.uint64),
+            "new_spte": h["arg_new_spte"].fillna(0).to_numpy(dtype=np.int64).view(np.uint64),
+        })
+        sptes = pd.concat([sptes, extra], ignore_index=True).sort_values("seq", kind="stable",
+                                                                           ignore_index=True)
+        calls = calls[~is_h].reset_index(drop=True)
+    markers = decode_markers(rest)
+    rest_events = pd.Series(markers["event"])
+    unknown = Counter(rest_events[~rest_events.isin(MARKER_EVENTS | KNOWN_OTHER)].value_counts().to_dict())
+    # Kprobes on functions tdptrace does not model are kept as markers too (function named).
+    interesting = calls["function"].isin(ZAP_FUNCTIONS | YIELD_FUNCTIONS) & calls["at_entry"]
+    if (~interesting).any():
+        odd = calls[~interesting]
+        markers = pd.concat([markers, pd.DataFrame({
+            "ts": odd["ts"], "seq": odd["seq"], "cpu": odd["cpu"], "tid": odd["tid"], "pid": odd["pid"],
+            "comm": odd["comm"], "event": np.where(odd["is_return"], "return", "call"),
+            "function": odd["function"], "detail": odd["args"],
+        })], ignore_index=True)
+        calls = calls[interesting].reset_index(drop=True)
+    return RawChunk(sptes=sptes, calls=calls, page_tables=page_tables, markers=markers, counts=counts,
+                    unknown=unknown, from_handle_changed_spte=bool(is_h.any() and not is_spte_any))
+
+
+def zap_function(symbol: str) -> bool:
+    """True when `symbol` (possibly a compiler copy) is a zap function."""
+    return base_symbol(symbol) in ZAP_FUNCTIONS

@@ -1,0 +1,100 @@
+"""Reading trace text: transparent decompression (.xz, .gz, .zst by magic bytes) and bounded-size line blocks."""
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from tdptrace.errors import BadInput
+
+BLOCK_BYTES = 16 << 20
+
+MAGIC = {
+    b"\xfd7zXZ\x00": "xz",
+    b"\x1f\x8b": "gz",
+    b"\x28\xb5\x2f\xfd": "zst",
+    b"BZh": "bz2",
+}
+TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
+PERF_DATA_MAGIC = (b"PERFILE2", b"2ELIFREP")
+
+
+def compression_of(head: bytes) -> str | None:
+    """Compression format from the first bytes of a file, or None for plain."""
+    for magic, name in MAGIC.items():
+        if head.startswith(magic):
+            return name
+    return None
+
+
+def open_binary(path: Path) -> BinaryIO:
+    """Open a possibly compressed file for reading decompressed bytes."""
+    try:
+        f = open(path, "rb")
+    except IsADirectoryError:
+        raise BadInput(f"{path} is a directory", "give a trace text file (or trace.dat)")
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file", "check the path")
+    except PermissionError:
+        raise BadInput(f"{path}: permission denied", "run as a user who can read it")
+    head = f.read(8)
+    f.seek(0)
+    kind = compression_of(head)
+    if kind == "xz":
+        return lzma.open(f)  # type: ignore[return-value]
+    if kind == "gz":
+        return gzip.open(f)  # type: ignore[return-value]
+    if kind == "bz2":
+        return bz2.open(f)  # type: ignore[return-value]
+    if kind == "zst":
+        try:
+            import zstandard  # type: ignore[import-not-found]
+        except ImportError:
+            f.close()
+            raise BadInput(f"{path} is zstd-compressed and the zstandard module is missing",
+                           "pip install zstandard, or decompress it first: zstd -d FILE")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f))  # type: ignore[arg-type]
+    return f
+
+
+def sniff(path: Path, size: int = 65536) -> bytes:
+    """The first decompressed bytes of a file (for format detection)."""
+    with open_binary(path) as f:
+        try:
+            return f.read(size)
+        except (lzma.LZMAError, OSError, EOFError) as exc:
+            raise BadInput(f"{path}: cannot decompress ({exc})", "the file is damaged or truncated")
+
+
+@dataclass
+class Block:
+    """A run of whole lines (bytes ending in a newline) and whether it is the file's last block."""
+
+    data: bytes
+    last: bool
+    truncated_tail: bytes  # bytes after the last newline of the file (a truncated last line), only on the last block
+
+
+def blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
+    """Yield blocks of whole lines, each about block_bytes long, so memory stays bounded on any file size."""
+    with open_binary(path) as f:
+        carry = b""
+        while True:
+            try:
+                chunk = f.read(block_bytes)
+            except (lzma.LZMAError, OSError, EOFError) as exc:
+                raise BadInput(f"{path}: cannot decompress ({exc})", "the file is damaged or truncated")
+            if not chunk:
+                yield Block(b"", True, carry)
+                return
+            data = carry + chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                carry = data
+                continue
+            carry = data[cut + 1:]
+            yield Block(data[: cut + 1], False, b"")

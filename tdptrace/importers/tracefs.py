@@ -1,0 +1,120 @@
+"""The tracefs text format (`cat trace`, `cat trace_pipe`): line headers -> common columns.
+
+  <comm>-<tid> [(<tgid>)] [<cpu>] [<flags>] <sec>.<frac>: <event>: <body>
+Lost events appear as 'CPU:N [LOST N EVENTS]'; the `trace` file's header says
+'entries-in-buffer/entries-written: A/B' (B > A means the ring buffer overwrote B-A events).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tdptrace.importers.textnum import dec_to_i64, seconds_to_ns
+
+HEADER_RE = (r"^\s*(?P<comm>.*)-(?P<tid>\d+)\s+(?:\(\s*(?P<tgid>[-\d]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
+             r"(?:(?P<flags>[^\s\[\]:]{4,6})\s+)?(?P<sec>\d+)\.(?P<frac>\d+):\s+(?P<event>[^:\s]+):\s?(?P<body>.*)$")
+LOST_RE = r"^\s*CPU:\s*(?P<cpu>\d+)\s+\[LOST (?P<n>\d+) EVENTS\]"
+ENTRIES_RE = re.compile(r"entries-in-buffer/entries-written:\s*(\d+)/(\d+)")
+
+
+@dataclass
+class ParsedBlock:
+    """Common-column table of event lines plus what else the block held."""
+
+    events: pa.Table
+    lost: list[tuple[int, int, int]] = field(default_factory=list)  # (cpu, count, seq of following event)
+    unparsed: int = 0
+    unparsed_example: str = ""
+    header_overrun: int = 0
+    comment_lines: int = 0
+
+
+def split_lines(data: bytes) -> pa.Array:
+    """Bytes of whole lines -> Arrow string array (invalid UTF-8 replaced, so garbage still parses as garbage)."""
+    text = data.decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return pa.array(lines, type=pa.string())
+
+
+def parse_lines(lines: pa.Array, seq0: int, header_re: str = HEADER_RE) -> ParsedBlock:
+    """Parse tracefs-style lines; seq numbers start at seq0 and follow line order."""
+    stripped = pc.utf8_ltrim_whitespace(lines)
+    is_comment = pc.starts_with(stripped, "#")
+    is_empty = pc.equal(pc.utf8_length(stripped), 0)
+    skip = pc.or_(is_comment, is_empty)
+    comments = lines.filter(is_comment)
+    overrun = 0
+    for c in comments.to_pylist()[:64]:
+        m = ENTRIES_RE.search(c)
+        if m:
+            overrun += max(0, int(m.group(2)) - int(m.group(1)))
+    body_lines = lines.filter(pc.invert(skip))
+    m = pc.extract_regex(body_lines, header_re)
+    ok = m.is_valid()
+    good = m.filter(ok)
+    n = len(good)
+    seq = np.arange(seq0, seq0 + n, dtype=np.int64)
+    f = {name: pc.struct_field(good, [i]) for i, name in enumerate(good.type.names if n or len(m) else [])}
+    if n:
+        tgid = f["tgid"]
+        pid = np.full(n, -1, dtype=np.int32)
+        has = pc.and_(pc.is_valid(tgid), pc.match_substring_regex(pc.fill_null(tgid, ""), r"^\d+$"))
+        hasn = has.to_numpy(zero_copy_only=False)
+        if hasn.any():
+            pid[hasn] = dec_to_i64(tgid.filter(has)).astype(np.int32)
+        events = pa.table({
+            "ts": seconds_to_ns(f["sec"], f["frac"]),
+            "seq": seq,
+            "cpu": dec_to_i64(f["cpu"], "cpu").astype(np.int16),
+            "tid": dec_to_i64(f["tid"], "pid").astype(np.int32),
+            "pid": pid,
+            "comm": f["comm"],
+            "event": f["event"],
+            "body": f["body"],
+        })
+    else:
+        events = empty_events()
+    block = ParsedBlock(events=events, header_overrun=overrun, comment_lines=len(comments))
+    bad = body_lines.filter(pc.invert(ok))
+    if len(bad):
+        lost = pc.extract_regex(bad, LOST_RE)
+        lost_ok = lost.is_valid()
+        if pc.any(lost_ok).as_py():
+            # Position each lost marker before the next parsed event line (its seq).
+            okn = ok.to_numpy(zero_copy_only=False)
+            after = np.cumsum(okn)  # events parsed up to and including each line
+            bad_pos = np.flatnonzero(~okn)
+            lost_pos = bad_pos[lost_ok.to_numpy(zero_copy_only=False)]
+            lv = lost.filter(lost_ok)
+            cpus = dec_to_i64(pc.struct_field(lv, [0]))
+            cnts = dec_to_i64(pc.struct_field(lv, [1]))
+            block.lost = [(int(c), int(k), int(seq0 + after[p])) for c, k, p in zip(cpus, cnts, lost_pos)]
+        rest = bad.filter(pc.invert(lost_ok))
+        block.unparsed = len(rest)
+        if len(rest):
+            block.unparsed_example = rest[0].as_py()
+    return block
+
+
+def empty_events() -> pa.Table:
+    """A common-column table with no rows."""
+    return pa.table({
+        "ts": pa.array([], pa.int64()), "seq": pa.array([], pa.int64()), "cpu": pa.array([], pa.int16()),
+        "tid": pa.array([], pa.int32()), "pid": pa.array([], pa.int32()), "comm": pa.array([], pa.string()),
+        "event": pa.array([], pa.string()), "body": pa.array([], pa.string()),
+    })
+
+
+def looks_like(head: str) -> bool:
+    """True when the first lines look like tracefs output."""
+    if head.lstrip().startswith("# tracer:"):
+        return True
+    lines = [ln for ln in head.splitlines()[:50] if ln and not ln.startswith("#")]
+    rx = re.compile(HEADER_RE.replace("(?P<", "(?P<"))
+    return any(rx.match(ln) for ln in lines[:20])

@@ -1,0 +1,32 @@
+"""How many non-leaf page tables KVM keeps alive with no children (METRICS.md "Page tables...")."""
+from __future__ import annotations
+
+import pandas as pd
+
+from tdptrace.capture import Capture
+from tdptrace.pagetables import RetainedSeries, classify, retained_series
+from tdptrace.spte import PAGE_SIZE, Encoding
+
+
+def series(cap: Capture) -> RetainedSeries:
+    """Retained-table changes over the capture (needs SPTE changes)."""
+    s = cap.sptes
+    return retained_series(s, classify(s, Encoding(cap.meta.spte_encoding)))
+
+
+def df_retained(cap: Capture) -> pd.DataFrame:
+    """The retained count over time. Columns: ts, seq, level (of the table changing), delta, retained (total)."""
+    return series(cap).changes
+
+
+def retained_summary(cap: Capture) -> dict:
+    """End-of-capture retained tables per level, their bytes, and the peak."""
+    rs = series(cap)
+    ch = rs.changes
+    by_level = rs.by_level_at_end()
+    now = int(sum(by_level.values()))
+    peak = int(ch["retained"].max()) if len(ch) else 0
+    peak_at = int(ch.loc[ch["retained"].idxmax(), "ts"]) if len(ch) and peak > 0 else None
+    return {"at_end": now, "by_level_at_end": {str(k): v for k, v in sorted(by_level.items())},
+            "bytes_at_end": now * PAGE_SIZE, "peak": peak, "peak_ts_ns": peak_at, "peak_bytes": peak * PAGE_SIZE,
+            "root_level": rs.root_level}

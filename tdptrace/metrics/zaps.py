@@ -1,0 +1,67 @@
+"""At which levels KVM zaps SPTEs (METRICS.md "Zap")."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tdptrace.capture import Capture
+from tdptrace.pagetables import classify
+from tdptrace.schema import LEVELS, ZAP_COUNT_COLUMNS
+from tdptrace.spte import Encoding
+
+
+def df_spte_changes(cap: Capture) -> pd.DataFrame:
+    """SPTE changes with their classification.
+
+    Columns: ts, seq, cpu, tid, comm, as_id, gfn, level, old_spte, new_spte, was_present, is_present,
+    old_leaf, new_leaf, zap, install.
+    """
+    s = cap.sptes
+    return pd.concat([s, classify(s, Encoding(cap.meta.spte_encoding))], axis=1)
+
+
+def df_zaps(cap: Capture) -> pd.DataFrame:
+    """Zaps only (present -> not present). Columns: ts, seq, cpu, tid, comm, as_id, gfn, level, leaf."""
+    d = df_spte_changes(cap)
+    z = d[d["zap"]]
+    return z[["ts", "seq", "cpu", "tid", "comm", "as_id", "gfn", "level"]].assign(leaf=z["old_leaf"].to_numpy())
+
+
+def zaps_by_level(cap: Capture) -> tuple[dict[str, dict[str, int]], str]:
+    """{level: {leaf, nonleaf}} for levels with any zap, and where the figure comes from."""
+    if len(cap.sptes):
+        z = df_zaps(cap)
+        counts = z.groupby(["level", "leaf"]).size()
+        return _shape({(int(lv), bool(lf)): int(n) for (lv, lf), n in counts.items()}), "kvm_tdp_mmu_spte_changed"
+    totals = (cap.meta.capabilities or {}).get("zap_totals") if isinstance(cap.meta.capabilities, dict) else None
+    if totals:
+        return {k: dict(v) for k, v in totals.items()}, "in-kernel counters"
+    spans = cap.spans
+    if len(spans) and spans["zaps_known"].all():
+        top = spans[spans["depth"] == 0]
+        got = {}
+        for lv in LEVELS:
+            got[(lv, True)] = int(top[f"leaf_l{lv}"].sum())
+            got[(lv, False)] = int(top[f"nonleaf_l{lv}"].sum())
+        return _shape(got), "zap spans (in-kernel aggregation; zaps outside spans not seen)"
+    pt = cap.page_tables
+    frees = pt[pt["kind"] == "free"]
+    if len(frees):
+        counts = frees.groupby("level").size()
+        return _shape({(int(lv), False): int(n) for lv, n in counts.items()}), \
+            "kvm_mmu_prepare_zap_page (shadow MMU page tables)"
+    return {}, "none"
+
+
+def _shape(counts: dict[tuple[int, bool], int]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for lv in LEVELS:
+        leaf, nonleaf = counts.get((lv, True), 0), counts.get((lv, False), 0)
+        if leaf or nonleaf:
+            out[str(lv)] = {"leaf": leaf, "nonleaf": nonleaf}
+    return out
+
+
+def span_zap_matrix(spans: pd.DataFrame) -> np.ndarray:
+    """(n_spans, 5, 2) array of zaps per level (leaf, non-leaf) inside each span."""
+    return spans[ZAP_COUNT_COLUMNS].fillna(0).to_numpy(np.int64).reshape(len(spans), len(LEVELS), 2)
