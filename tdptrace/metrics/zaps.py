@@ -33,9 +33,10 @@ def zaps_by_level(cap: Capture) -> tuple[dict[str, dict[str, int]], str]:
         z = df_zaps(cap)
         counts = z.groupby(["level", "leaf"]).size()
         return _shape({(int(lv), bool(lf)): int(n) for (lv, lf), n in counts.items()}), "kvm_tdp_mmu_spte_changed"
-    totals = (cap.meta.capabilities or {}).get("zap_totals") if isinstance(cap.meta.capabilities, dict) else None
-    if totals:
-        return {k: dict(v) for k, v in totals.items()}, "in-kernel counters"
+    totals = (cap.meta.events or {}).get("zap_totals")
+    if totals:  # the live recorder's in-kernel per-level counters (when SPTE events were not streamed)
+        return _shape({(int(lv), kind == "leaf"): int(n) for lv, v in totals.items() for kind, n in v.items()}), \
+            "in-kernel counters"
     spans = cap.spans
     if len(spans) and spans["zaps_known"].all():
         top = spans[spans["depth"] == 0]
