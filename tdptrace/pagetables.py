@@ -96,7 +96,7 @@ def retained_series(sptes: pd.DataFrame, cls: pd.DataFrame) -> RetainedSeries:
     if ops.empty:
         return RetainedSeries(pd.DataFrame({"seq": [], "ts": [], "level": [], "delta": [], "retained": []},
                                            dtype=np.int64), root_level)
-    ops.sort_values(["key", "seq"], kind="stable", inplace=True, ignore_index=True)
+    ops = ops.sort_values(["key", "seq"], kind="stable", ignore_index=True)
     rel = ops.groupby("key", sort=False)["dcount"].cumsum()
     # Tables populated before the capture began: assume the fewest entries consistent with what was zapped.
     initial = (-rel.groupby(ops["key"]).transform("min")).clip(lower=0)
@@ -115,6 +115,6 @@ def retained_series(sptes: pd.DataFrame, cls: pd.DataFrame) -> RetainedSeries:
     delta = r - r.groupby(ops["key"]).shift(1, fill_value=0)
     ch = ops.loc[delta != 0, ["seq", "ts", "tlevel"]].rename(columns={"tlevel": "level"})
     ch["delta"] = delta[delta != 0].to_numpy()
-    ch.sort_values("seq", kind="stable", inplace=True, ignore_index=True)
+    ch = ch.sort_values("seq", kind="stable", ignore_index=True)
     ch["retained"] = ch["delta"].cumsum()
     return RetainedSeries(ch.astype(np.int64), root_level)

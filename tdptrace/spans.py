@@ -208,7 +208,7 @@ def _aggregate_yields(spans: pd.DataFrame, yields: pd.DataFrame, pairs: pd.DataF
         p["resume"] = np.where(has_ret, yy["end_ts"].to_numpy(np.int64), p["ts"].to_numpy())
         p["has_ret"] = has_ret
         p["dropped"] = has_ret & (yy["ret"].fillna(0).to_numpy(np.int64) == 1)
-        p.sort_values(["span_id", "seq"], kind="stable", inplace=True, ignore_index=True)
+        p = p.sort_values(["span_id", "seq"], kind="stable", ignore_index=True)
         prev = p.groupby("span_id")["resume"].shift(1)
         sid = p["span_id"].to_numpy()
         prev = prev.fillna(pd.Series(start[sid])).to_numpy(np.int64)

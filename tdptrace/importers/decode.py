@@ -41,7 +41,7 @@ _SP_RE = (r"^sp gen (?P<gen>\d+) gfn (?P<gfn>[0-9a-fA-F]+) l(?P<level>\d+) .*? r
           r"(?P<sync>unsync|sync)\S*(?: (?P<created>new|existing))?")
 # Raw fields, as printed by perf/trace-cmd when they cannot format an event: "[FAILED TO PARSE] a=1 b=2"
 _FAILED = "[FAILED TO PARSE]"
-_KPROBE_RE = (r"^\((?P<loc>[^ ()]+?)(?:\+(?P<off>0x[0-9a-fA-F]+)/0x[0-9a-fA-F]+)?(?: \[(?P<mod>[^\]]+)\])?"
+_KPROBE_RE = (r"^\((?P<where>(?P<loc>[^ ()]+?)(?:\+(?P<off>0x[0-9a-fA-F]+)/0x[0-9a-fA-F]+)?)(?: \[(?P<mod>[^\]]+)\])?"
               r"(?: <- (?P<sym>[^ ()]+))?\)\s*(?P<args>.*)$")
 
 POINTER_ARGS = ("kvm", "root", "lock", "sp")
@@ -175,10 +175,11 @@ def decode_kprobes(t: pa.Table) -> tuple[pd.DataFrame, pa.Table]:
     t = t.filter(ok)
     m = m.filter(ok)
     # Arrow returns "" (not null) for optional groups that did not take part in the match.
-    loc = pc.struct_field(m, [0])
-    off = pc.struct_field(m, [1])
-    sym = pc.struct_field(m, [3])
-    args = pc.struct_field(m, [4])
+    where = pc.struct_field(m, "where")
+    loc = pc.struct_field(m, "loc")
+    off = pc.struct_field(m, "off")
+    sym = pc.struct_field(m, "sym")
+    args = pc.struct_field(m, "args")
     has_sym = pc.not_equal(sym, "")
     is_return = has_sym.to_numpy(zero_copy_only=False)
     out = _common(t)
@@ -188,7 +189,7 @@ def decode_kprobes(t: pa.Table) -> tuple[pd.DataFrame, pa.Table]:
     at_entry = pc.is_in(off, pa.array(["", "0x0"])).to_numpy(zero_copy_only=False)
     out["is_return"] = is_return
     out["at_entry"] = at_entry | is_return
-    out["caller"] = pd.Series(pc.if_else(has_sym, loc, pa.scalar(None, pa.string())).to_pandas(),
+    out["caller"] = pd.Series(pc.if_else(has_sym, where, pa.scalar(None, pa.string())).to_pandas(),
                               dtype="string")
     # name=value arguments, whatever the user called them, normalised through ARG_ALIASES.
     names = {n: [n] + [a for a, c in ARG_ALIASES.items() if c == n] for n in POINTER_ARGS + INT_ARGS}

@@ -36,7 +36,7 @@ def df_gaps(cap: Capture) -> pd.DataFrame:
     ends = pd.DataFrame({"span_id": sp.index.to_numpy(), "seq": np.iinfo(np.int64).max,
                          "entry": sp["end_ts"].to_numpy(np.int64), "resume": sp["end_ts"].to_numpy(np.int64)})
     b = pd.concat([starts.assign(k=0), rows.assign(k=1), ends.assign(k=2)], ignore_index=True)
-    b.sort_values(["span_id", "k", "seq"], kind="stable", inplace=True, ignore_index=True)
+    b = b.sort_values(["span_id", "k", "seq"], kind="stable", ignore_index=True)
     prev_resume = b.groupby("span_id")["resume"].shift(1)
     g = b[b["k"] > 0].copy()
     g["start"] = prev_resume[g.index].to_numpy(np.int64)
