@@ -77,6 +77,7 @@ class Assembler:
         markers = self.markers + ([self._calls_as_markers(entry_only)] if len(entry_only) else [])
         if markers:
             m = pd.concat(markers, ignore_index=True).sort_values("seq", kind="stable", ignore_index=True)
+            m["detail"] = self.hasher.scrub_text(m["detail"]).to_numpy()
             self.writer.append("markers", m)
         total_lost = self._write_lost()
         meta.events = {"counts": dict(sorted(self.counts.items())), "unknown": dict(sorted(self.unknown.items()))}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -33,3 +34,17 @@ class PointerHasher:
         mapping = {v: (self.one(int(v)) if int(v) != 0 else None) for v in uniq}
         out = s.map(mapping)
         return out.astype("string")
+
+    # A kernel virtual address as tracing prints it: 0xffff8880..., ffffffffc0a1... (upper canonical half).
+    KERNEL_ADDR = re.compile(r"(?<![0-9a-fA-Fx])(?:0x)?ffff[89a-f][0-9a-f]{11}(?![0-9a-fA-F])", re.I)
+
+    def scrub_text(self, text: pd.Series) -> pd.Series:
+        """Replace kernel addresses inside free text (marker details) by 'ptr:<hash>'."""
+        s = pd.Series(text, dtype="string")
+        has = s.str.contains(self.KERNEL_ADDR, regex=True, na=False)
+        if not has.any():
+            return s
+        sub = s[has].str.replace(self.KERNEL_ADDR, lambda m: "ptr:" + self.one(int(m.group(0), 16)), regex=True)
+        out = s.copy()
+        out[has] = sub
+        return out
