@@ -40,8 +40,14 @@ class PointerHasher:
 
     def scrub_text(self, text: pd.Series) -> pd.Series:
         """Replace kernel addresses inside free text (marker details) by 'ptr:<hash>'."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         s = pd.Series(text, dtype="string")
-        has = s.str.contains(self.KERNEL_ADDR, regex=True, na=False)
+        arr = pa.array(s.to_numpy(dtype=object, na_value=None), type=pa.string())
+        # Cheap RE2 prefilter over all rows; the exact pattern (with boundaries) runs only where it may match.
+        has = pd.Series(pc.fill_null(pc.match_substring_regex(arr, "(?i)ffff[89a-f][0-9a-f]{11}"), False)
+                        .to_numpy(zero_copy_only=False), index=s.index)
         if not has.any():
             return s
         sub = s[has].str.replace(self.KERNEL_ADDR, lambda m: "ptr:" + self.one(int(m.group(0), 16)), regex=True)

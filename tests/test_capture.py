@@ -126,3 +126,14 @@ def test_capture_readable_with_plain_pyarrow(reference_captures):
 
     t = ds.dataset(str(reference_captures["k61-128m"] / "sptes"), format="parquet").to_table()
     assert t.num_rows == 98888
+
+
+def test_capture_readable_with_duckdb(reference_captures):
+    duckdb = pytest.importorskip("duckdb", reason="duckdb is a test extra (pip install -e .[test])")
+    cap = reference_captures["k61-512m-hog"]
+    rows = duckdb.sql(f"select function, yields, max_gap_ns from read_parquet('{cap}/spans/*.parquet') "
+                      "order by ts").fetchall()
+    assert rows[0] == ("tdp_mmu_zap_leafs", 7, 8047000)
+    n = duckdb.sql(f"select count(*) from read_parquet('{cap}/markers/*.parquet') "
+                   "where event = 'kvm_mmu_set_spte'").fetchall()[0][0]
+    assert n == 196100
