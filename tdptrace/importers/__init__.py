@@ -5,7 +5,7 @@ events, and assembles the capture with the same definitions the live recorder us
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,8 +13,9 @@ from tdptrace.assemble import Assembler
 from tdptrace.capture import CaptureMeta, CaptureWriter, default_host
 from tdptrace.errors import BadInput
 from tdptrace.importers import tracefs
-from tdptrace.importers.decode import decode
-from tdptrace.importers.reader import PERF_DATA_MAGIC, TRACE_DAT_MAGIC, blocks, sniff
+from tdptrace.importers.decode import RawChunk, decode
+from tdptrace.importers.reader import PERF_DATA_MAGIC, TRACE_DAT_MAGIC, Block, blocks, sniff
+from tdptrace.importers.tracefs import ParsedBlock
 from tdptrace.spte import encoding_for_release
 
 FORMATS = ("auto", "tracefs", "trace-cmd", "perf")
@@ -59,6 +60,16 @@ def detect_format(path: Path) -> str:
                    "expected tracefs trace/trace_pipe text, 'trace-cmd report' or 'perf script' output")
 
 
+def _parsed_blocks(path: Path, parser) -> Iterator[tuple[Block, ParsedBlock | None, RawChunk | None]]:
+    """Parse and decode the file block by block (one block in memory at a time), numbering each from 0."""
+    for block in blocks(path):
+        if not block.data:
+            yield block, None, None
+            continue
+        parsed = parser(tracefs.split_lines(block.data), 0)
+        yield block, parsed, (decode(parsed.events) if parsed.events.num_rows else None)
+
+
 def import_file(path: str | Path, out: str | Path, *, fmt: str = "auto", kernel_release: str | None = None,
                 kallsyms: str | Path | None = None, kprobe_events: str | Path | None = None,
                 force: bool = False, progress: Callable[[int], None] | None = None) -> ImportResult:
@@ -85,19 +96,17 @@ def import_file(path: str | Path, out: str | Path, *, fmt: str = "auto", kernel_
     with CaptureWriter(out, meta, overwrite=force) as writer:
         asm = Assembler(writer, enc)
         seq = 0
-        for block in blocks(path):
+        for block, parsed, chunk in _parsed_blocks(path, parser):
             if block.data:
-                parsed = parser(tracefs.split_lines(block.data), seq)
                 n = parsed.events.num_rows
-                result.lines += parsed.events.num_rows + parsed.unparsed + parsed.comment_lines + len(parsed.lost)
+                result.lines += n + parsed.unparsed + parsed.comment_lines + len(parsed.lost)
                 result.unparsed += parsed.unparsed
                 if parsed.unparsed and not result.unparsed_example:
                     result.unparsed_example = parsed.unparsed_example
-                asm.lost.extend(parsed.lost)
+                asm.lost.extend((cpu, count, pos + seq) for cpu, count, pos in parsed.lost)
                 asm.header_overrun += parsed.header_overrun
-                if n:
-                    chunk = decode(parsed.events)
-                    asm.add(chunk)
+                if chunk is not None:
+                    asm.add(chunk.shifted(seq))
                 seq += n
                 result.events += n
                 if progress:

@@ -33,9 +33,6 @@ KNOWN_OTHER = frozenset({
     "kvm_mmu_invalidate_gva",
 })
 
-# tracefs: "as id %d gfn %llx level %d old_spte %llx new_spte %llx"
-_SPTE_RE = (r"^as id (?P<as_id>\d+) gfn (?P<gfn>[0-9a-fA-F]+) level (?P<level>\d+) "
-            r"old_spte (?P<old>[0-9a-fA-F]+) new_spte (?P<new>[0-9a-fA-F]+)")
 # KVM_MMU_PAGE_PRINTK: "sp gen %u gfn %llx l%u %u-byte q%u%s %s%s %snxe %sad root %u %s%c" (+ " new"/" existing")
 _SP_RE = (r"^sp gen (?P<gen>\d+) gfn (?P<gfn>[0-9a-fA-F]+) l(?P<level>\d+) .*? root (?P<root_count>\d+) "
           r"(?P<sync>unsync|sync)\S*(?: (?P<created>new|existing))?")
@@ -62,6 +59,14 @@ class RawChunk:
     counts: Counter = field(default_factory=Counter)
     unknown: Counter = field(default_factory=Counter)
     from_handle_changed_spte: bool = False  # SPTE rows came from the 5.10-style __handle_changed_spte kprobe
+
+    def shifted(self, base: int) -> "RawChunk":
+        """The same events with seq moved by `base` (blocks are decoded independently, numbered from 0)."""
+        if base:
+            for df in (self.sptes, self.calls, self.page_tables, self.markers):
+                if len(df):
+                    df["seq"] = df["seq"].to_numpy() + base
+        return self
 
 
 def _common(t: pa.Table) -> dict[str, np.ndarray | pd.Series]:
@@ -95,15 +100,24 @@ def decode_sptes(t: pa.Table) -> pd.DataFrame:
     fmask = failed.to_numpy(zero_copy_only=False)
     if (~fmask).any():
         idx = np.flatnonzero(~fmask)
-        m = pc.extract_regex(body.take(pa.array(idx)), _SPTE_RE)
-        bad = m.is_null().to_numpy(zero_copy_only=False)
+        b = body if len(idx) == n else body.take(pa.array(idx))
+        # "as id %d gfn %llx level %d old_spte %llx new_spte %llx": fixed words, so split on spaces.
+        w = pc.utf8_split_whitespace(b)
+        words_ok = pc.equal(pc.list_value_length(w), 11)
+        if pc.all(words_ok).as_py():
+            tok = [pc.list_element(w, i) for i in (2, 4, 6, 8, 10)]
+            shape = pc.and_(pc.and_(pc.equal(pc.list_element(w, 3), "gfn"), pc.equal(pc.list_element(w, 7),
+                                                                                      "old_spte")),
+                            pc.equal(pc.list_element(w, 9), "new_spte"))
+            words_ok = shape
+        bad = pc.invert(pc.fill_null(words_ok, False)).to_numpy(zero_copy_only=False)
         if bad.any():
-            raise _bad_body(SPTE_CHANGED, body.take(pa.array(idx[bad][:1]))[0].as_py())
-        as_id[idx] = dec_to_i64(pc.struct_field(m, [0]), "as id")
-        gfn[idx] = hex_to_u64(pc.struct_field(m, [1]), "gfn")
-        level[idx] = dec_to_i64(pc.struct_field(m, [2]), "level")
-        old[idx] = hex_to_u64(pc.struct_field(m, [3]), "old_spte")
-        new[idx] = hex_to_u64(pc.struct_field(m, [4]), "new_spte")
+            raise _bad_body(SPTE_CHANGED, b[int(np.flatnonzero(bad)[0])].as_py())
+        as_id[idx] = dec_to_i64(tok[0], "as id")
+        gfn[idx] = hex_to_u64(tok[1], "gfn")
+        level[idx] = dec_to_i64(tok[2], "level")
+        old[idx] = hex_to_u64(tok[3], "old_spte")
+        new[idx] = hex_to_u64(tok[4], "new_spte")
     if fmask.any():
         idx = np.flatnonzero(fmask)
         f = _failed_fields(body.take(pa.array(idx)), ["as_id", "gfn", "level", "old_spte", "new_spte"])

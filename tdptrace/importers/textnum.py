@@ -23,7 +23,8 @@ def hex_to_u64(arr: pa.Array | pa.ChunkedArray, what: str = "value") -> np.ndarr
     if n == 0:
         return np.zeros(0, dtype=np.uint64)
     arr = pc.fill_null(arr, "0")
-    arr = pc.replace_substring_regex(arr, pattern="^0[xX]", replacement="")
+    if pc.any(pc.starts_with(arr, "0x")).as_py() or pc.any(pc.starts_with(arr, "0X")).as_py():
+        arr = pc.replace_substring_regex(arr, pattern="^0[xX]", replacement="")
     lengths = pc.utf8_length(arr).to_numpy(zero_copy_only=False)
     if lengths.max(initial=0) > 16 or lengths.min(initial=1) == 0:
         raise BadInput(f"a {what} is not a 64-bit hex number", "the trace line is damaged")

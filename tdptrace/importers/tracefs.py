@@ -45,27 +45,74 @@ def split_lines(data: bytes) -> pa.Array:
         return pa.array(data.decode("utf-8", errors="replace").split("\n")[: len(raw)], type=pa.string())
 
 
-# Fast path for the tracefs layout: split '<prefix>: <event>: <body>' on the first two ': ', then read
-# the prefix's tail (tid, tgid, cpu, timestamp) with a small regex and the comm as what precedes '-<tid>'.
-_PREFIX_TAIL_RE = (r"-(?P<tid>\d+)\s+(?:\(\s*(?P<tgid>[-\d]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
-                   r"(?:[^\s\[\]:]{4,6}\s+)?(?P<sec>\d+)\.(?P<frac>\d+)$")
-_COMM_END_RE = r"-\d+\s+(?:\(\s*[-\d]+\)\s+)?\[\d"
+# Fast path for the tracefs layout: split '<prefix>: <event>: <body>' on the first two ': ', then split the
+# prefix from the right on white space into '<comm>-<tid>', '[cpu]', flags, '<sec>.<frac>' - no regex at all.
+# Lines that do not fit (no flags column, a tgid column, odd comms) take the full regex; both keep line order.
+_FIELDS = ("comm", "tid", "tgid", "cpu", "sec", "frac", "event", "body")
+
+
+def _pad2(lists: pa.Array) -> pa.Array:
+    """Lists with fewer than two elements become ['', ''] so element 1 always exists."""
+    return pc.if_else(pc.less(pc.list_value_length(lists), 2), pa.scalar(["", ""], lists.type), lists)
 
 
 def _fields_fast(lines: pa.Array) -> tuple[pa.Array, dict[str, pa.Array]]:
-    """(ok mask, named fields) for tracefs lines, without one big capturing regex per line."""
+    """(ok mask over `lines`, named string fields of the ok lines in order)."""
+    n = len(lines)
     parts = pc.split_pattern(lines, ": ", max_splits=2)
-    three = pc.equal(pc.list_value_length(parts), 3)
-    pre = pc.list_element(pc.if_else(three, parts, pa.scalar(["", "", ""], parts.type)), 0)
-    tail = pc.extract_regex(pre, _PREFIX_TAIL_RE)
-    event = pc.list_element(pc.if_else(three, parts, pa.scalar(["", "", ""], parts.type)), 1)
-    ok = pc.and_(pc.and_(three, tail.is_valid()), pc.match_substring_regex(event, r"^[^\s:]+$"))
-    comm = pc.utf8_ltrim_whitespace(pc.list_element(pc.split_pattern_regex(pre, _COMM_END_RE, max_splits=1), 0))
-    body = pc.list_element(pc.if_else(three, parts, pa.scalar(["", "", ""], parts.type)), 2)
-    fields = {"comm": comm, "event": event, "body": body}
-    for name in ("tid", "tgid", "cpu", "sec", "frac"):
-        fields[name] = pc.struct_field(tail, name)
-    return ok, fields
+    three = pc.equal(pc.list_value_length(parts), 3).to_numpy(zero_copy_only=False)
+    cand = np.flatnonzero(three)
+    p3 = parts if len(cand) == n else parts.take(pa.array(cand))
+    pre = pc.list_element(p3, 0)
+    tok = pc.utf8_split_whitespace(pre, max_splits=3, reverse=True)
+    four = pc.equal(pc.list_value_length(tok), 4).to_numpy(zero_copy_only=False)
+    fast = np.zeros(len(cand), dtype=bool)
+    f4: dict[str, pa.Array] = {}
+    if four.any():
+        all4 = bool(four.all())
+        t4 = tok if all4 else tok.take(pa.array(np.flatnonzero(four)))
+        p4 = p3 if all4 else p3.take(pa.array(np.flatnonzero(four)))
+        ct, cpu, ts, event = pc.list_element(t4, 0), pc.list_element(t4, 1), pc.list_element(t4, 3), \
+            pc.list_element(p4, 1)
+        # Cheap shape checks (a full regex per field costs more than the parse itself).
+        c2 = pc.split_pattern(ct, "-", max_splits=1, reverse=True)
+        s2 = pc.split_pattern(ts, ".", max_splits=1)
+        tid, sec, frac = pc.list_element(_pad2(c2), 1), pc.list_element(_pad2(s2), 0), pc.list_element(_pad2(s2), 1)
+        cpu_digits = pc.utf8_slice_codeunits(cpu, 1, -1)
+        good = pc.and_(pc.and_(pc.and_(pc.starts_with(cpu, "["), pc.ends_with(cpu, "]")), pc.utf8_is_digit(cpu_digits)),
+                       pc.and_(pc.and_(pc.utf8_is_digit(tid), pc.utf8_is_digit(sec)), pc.utf8_is_digit(frac)))
+        good = pc.and_(good, pc.equal(pc.find_substring(event, " "), -1))
+        good = pc.fill_null(good, False).to_numpy(zero_copy_only=False)
+        sel = np.flatnonzero(four)[good] if not all4 else np.flatnonzero(good)
+        fast[sel] = True
+        if good.all():
+            pick = lambda a: a  # noqa: E731
+        else:
+            keep = pa.array(good)
+            pick = lambda a: a.filter(keep)  # noqa: E731
+        f4 = {"comm": pc.utf8_ltrim_whitespace(pick(pc.list_element(c2, 0))), "tid": pick(tid),
+              "tgid": pa.nulls(len(sel), pa.string()), "cpu": pick(cpu_digits), "sec": pick(sec),
+              "frac": pick(frac), "event": pick(event), "body": pick(pc.list_element(p4, 2))}
+    ok = np.zeros(n, dtype=bool)
+    ok[cand[fast]] = True
+    slow_rows = np.flatnonzero(~ok)
+    fs: dict[str, pa.Array] = {}
+    slow_ok_rows = np.zeros(0, dtype=np.int64)
+    if len(slow_rows):
+        m = pc.extract_regex(lines.take(pa.array(slow_rows)), HEADER_RE)
+        valid = m.is_valid().to_numpy(zero_copy_only=False)
+        slow_ok_rows = slow_rows[valid]
+        good = m.filter(pa.array(valid))
+        fs = {name: pc.struct_field(good, name) for name in _FIELDS}
+        ok[slow_ok_rows] = True
+    fast_rows = cand[fast]
+    if not len(slow_ok_rows):
+        return pa.array(ok), f4 if f4 else {k: pa.array([], pa.string()) for k in _FIELDS}
+    if not len(fast_rows):
+        return pa.array(ok), fs
+    order = pa.array(np.argsort(np.concatenate([fast_rows, slow_ok_rows]), kind="stable"))
+    merged = {k: pa.concat_arrays([f4[k].cast(pa.string()), fs[k].cast(pa.string())]).take(order) for k in _FIELDS}
+    return pa.array(ok), merged
 
 
 def parse_lines(lines: pa.Array, seq0: int, header_re: str = HEADER_RE) -> ParsedBlock:
@@ -82,8 +129,7 @@ def parse_lines(lines: pa.Array, seq0: int, header_re: str = HEADER_RE) -> Parse
             overrun += max(0, int(m.group(2)) - int(m.group(1)))
     body_lines = lines.filter(pc.invert(skip))
     if header_re == HEADER_RE:
-        ok, allf = _fields_fast(body_lines)
-        f = {k: v.filter(ok) for k, v in allf.items()}
+        ok, f = _fields_fast(body_lines)
     else:
         m = pc.extract_regex(body_lines, header_re)
         ok = m.is_valid()
