@@ -1,0 +1,164 @@
+"""What the lab traces on each kernel era, and turning that into kprobe_events lines for one guest kernel.
+
+The symbols are resolved from the guest kernel's own /proc/kallsyms and available_filter_functions (dumped by
+a discovery boot, see run.discover), never hard-coded: static functions may be inlined or carry .isra /
+.constprop suffixes in a given build. Argument registers come from tdptrace.kernel_functions.SIGNATURES,
+the project's one table of parameters per era (x86-64 System V: di, si, dx, cx, r8, r9).
+
+Registers checked against the disassembly (objdump -d) of the Debian kvm.ko builds the lab boots:
+- 5.10.0-32-amd64 (5.10.223): zap_gfn_range_hva_wrapper and __kvm_tdp_mmu_zap_gfn_range call
+  zap_gfn_range with root=%rsi start=%rdx end=%rcx can_yield=%r8 flush=%r9; the teardown loop of
+  handle_disconnected_tdp_mmu_page calls __handle_changed_spte with as_id=%esi gfn=%rdx old_spte=%rcx
+  new_spte=%r8 (0) level=%r9d.
+- 6.1.0-56-amd64 and 6.12.117+deb12-amd64: __tdp_mmu_zap_root gets root=%rsi shared=%edx zap_level=%ecx
+  (6.1: 3 then root level from kvm_tdp_mmu_zap_all / zap_invalidated_roots; 6.12: 1, 2, 3, then root level
+  from tdp_mmu_zap_root, which is a real symbol there and inlined on 6.1).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from tdptrace.errors import MissingCapability
+from tdptrace.kernel_functions import base_symbol, register_of
+
+# How each argument is fetched (kprobe_events type); names follow kernel_functions.SIGNATURES.
+ARG_TYPES: dict[str, str] = {
+    "as_id": "u8", "gfn": "x64", "old_spte": "x64", "new_spte": "x64", "level": "s32",
+    "root": "x64", "start": "x64", "end": "x64", "hva_start": "x64", "hva_end": "x64",
+    "can_yield": "u8", "flush": "u8", "shared": "u8", "zap_level": "s32", "lock": "x64",
+}
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One function to probe: its C name, the arguments to record, whether its return is wanted too."""
+
+    function: str
+    args: tuple[str, ...] = ()
+    ret: bool = True
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Era:
+    """What the lab attaches to on kernels [since, until): kvm module parameters, tracepoints, kprobes."""
+
+    name: str
+    since: tuple[int, int]
+    until: tuple[int, int]
+    kvm_params: str
+    tracepoints: tuple[str, ...]
+    probes: tuple[Probe, ...]
+    optional_tracepoints: tuple[str, ...] = field(default=())
+
+
+_PAGE_TABLE_EVENTS = ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page", "kvm_mmu_zap_all_fast")
+
+# One entry per kernel era the lab knows. Keep in sync with KERNEL.md "Zap functions by era".
+ERAS: tuple[Era, ...] = (
+    # 5.10: TDP MMU off unless kvm.tdp_mmu=1 at load; no kvm_tdp_mmu_spte_changed tracepoint, so the SPTE
+    # changes come from a kprobe on __handle_changed_spte; mmu_lock is a spinlock (__cond_resched_lock).
+    Era("5.10", (5, 10), (5, 13), "tdp_mmu=1", _PAGE_TABLE_EVENTS, (
+        Probe("__handle_changed_spte", ("as_id", "gfn", "old_spte", "new_spte", "level"), ret=False,
+              required=True),
+        Probe("zap_gfn_range", ("root", "start", "end", "can_yield", "flush"), required=True),
+        Probe("__kvm_tdp_mmu_zap_gfn_range", ("start", "end", "can_yield")),
+        Probe("kvm_tdp_mmu_zap_hva_range", ("hva_start", "hva_end")),
+        Probe("kvm_tdp_mmu_zap_all"),
+        Probe("kvm_tdp_mmu_free_root", ("root",), ret=False),
+        Probe("__cond_resched_lock", ("lock",), required=True),
+    )),
+    # Since the 2021-22 rework (5.18): leaf zaps in tdp_mmu_zap_leafs, roots torn down by __tdp_mmu_zap_root
+    # in passes (two on 6.1, four since 6.9 via tdp_mmu_zap_root); mmu_lock is an rwlock.
+    Era("6.x", (5, 18), (7, 99), "", ("kvm_tdp_mmu_spte_changed",) + _PAGE_TABLE_EVENTS, (
+        Probe("tdp_mmu_zap_leafs", ("root", "start", "end", "can_yield", "flush"), required=True),
+        Probe("__tdp_mmu_zap_root", ("root", "shared", "zap_level"), required=True),
+        Probe("tdp_mmu_zap_root", ("root", "shared")),  # inlined on Debian's 6.1
+        Probe("kvm_tdp_mmu_zap_leafs", ("start", "end", "flush")),
+        Probe("kvm_tdp_mmu_zap_invalidated_roots"),
+        Probe("kvm_tdp_mmu_zap_all"),
+        Probe("kvm_tdp_mmu_put_root", ("root",), ret=False),
+        Probe("__cond_resched_rwlock_write", ("lock",), required=True),
+        Probe("__cond_resched_rwlock_read", ("lock",), required=True),
+    ), optional_tracepoints=("kvm_mmu_split_huge_page",)),
+)
+
+
+def era_for(release: str) -> Era:
+    """The Era of kernel `release`; a clear error for kernels the lab has no probe table for."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    version = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    for era in ERAS:
+        if era.since <= version < era.until:
+            return era
+    raise MissingCapability(f"the lab has no probe table for kernel {release}",
+                            f"known eras: {', '.join(e.name for e in ERAS)}")
+
+
+@dataclass
+class Resolution:
+    """kprobe_events lines for one kernel, and what could not be attached and why."""
+
+    lines: list[str]
+    attached: dict[str, str]  # C name -> symbol in this build
+    skipped: dict[str, str]  # C name -> reason
+    tracepoints: list[str]
+
+
+def _text_symbols(kallsyms: str) -> set[str]:
+    """Names of text symbols in a kallsyms dump ('addr t name [module]')."""
+    names = set()
+    for line in kallsyms.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] in "tT":
+            names.add(parts[2])
+    return names
+
+
+def resolve(release: str, kallsyms: str, filter_functions: str, kvmmmu_events: str) -> Resolution:
+    """Build the kprobe_events lines for `release` from its symbol dumps; raise naming what is missing."""
+    era = era_for(release)
+    symbols = _text_symbols(kallsyms)
+    traceable = {line.split()[0] for line in filter_functions.splitlines() if line.strip()}
+    by_base: dict[str, list[str]] = {}
+    for sym in symbols:
+        if not sym.endswith(".cold") and ".cold." not in sym:
+            by_base.setdefault(base_symbol(sym), []).append(sym)
+    lines: list[str] = []
+    attached: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    missing: list[str] = []
+    for probe in era.probes:
+        candidates = sorted(by_base.get(probe.function, []), key=lambda s: (s != probe.function, s))
+        if not candidates:
+            if probe.required:
+                missing.append(probe.function)
+            skipped[probe.function] = "not in kallsyms (inlined?)"
+            continue
+        sym = candidates[0]
+        if sym != probe.function and probe.args:
+            # A compiler copy may have dropped or reordered parameters: record no arguments rather than wrong ones.
+            args = ()
+            skipped[probe.function + " args"] = f"{sym} is a compiler copy; arguments not recorded"
+        else:
+            args = probe.args
+        fetch = []
+        for a in args:
+            reg = register_of(probe.function, release, a)
+            if reg is None:
+                raise MissingCapability(f"no register known for {probe.function}({a}) on {release}",
+                                        "add its signature to tdptrace/kernel_functions.py")
+            fetch.append(f"{a}=%{reg}:{ARG_TYPES[a]}")
+        event = re.sub(r"\W", "_", probe.function)
+        lines.append(" ".join([f"p:tdp/{event}", sym, *fetch]))
+        if probe.ret:
+            lines.append(f"r16:tdp/{event}_ret {sym} ret=$retval:s64")
+        attached[probe.function] = sym + ("" if sym in traceable else " (not in available_filter_functions)")
+    events = set(kvmmmu_events.split())
+    missing += [f"kvmmmu/{tp}" for tp in era.tracepoints if tp not in events]
+    if missing:
+        raise MissingCapability(f"kernel {release} lacks what the lab needs: {', '.join(missing)}",
+                                "the probe table for this era (tdptrace/lab/probes.py) does not fit this build")
+    tracepoints = list(era.tracepoints) + [tp for tp in era.optional_tracepoints if tp in events]
+    return Resolution(lines=lines, attached=attached, skipped=skipped, tracepoints=tracepoints)

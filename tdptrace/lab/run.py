@@ -1,0 +1,187 @@
+"""Run a lab scenario end to end: kernel, initramfs, probe resolution, boot, lost-event check, import, summary.
+
+Layout of a run directory (OUT):
+  console.log      the guest's serial console (kept whatever happens)
+  share/           the 9p share: params, kprobe_events, hook.sh in; share/out/* out (trace.txt, stats, ...)
+  trace.txt        the raw tracefs dump (moved out of share/out)
+  NAME.tdp/        the capture imported from trace.txt
+  summary.json     the capture's summary (METRICS.md contract)
+  run.json         scenario, kernel, kprobe_events, kvmtouch figures, timings
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tdptrace.errors import MissingCapability, TdpError
+from tdptrace.lab import initramfs, kernels, probes, qemu
+from tdptrace.lab.host import cache_dir, ensure_host_packages
+from tdptrace.lab.scenario import Scenario
+
+SHARE_TAG = "tdpshare"
+ROOTFS_TAG = "tdproot"
+
+
+@dataclass
+class LabRun:
+    """The outcome of one scenario run: where everything is, and the figures read from it."""
+
+    scenario: dict[str, Any]
+    release: str
+    out: str
+    trace: str
+    capture: str
+    summary: dict[str, Any]
+    kvmtouch: list[dict[str, int]]
+    kprobe_events: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _boot(kernel: kernels.Kernel, out: Path, params: dict[str, str], *, mem_mib: int, timeout_s: float,
+          files: dict[str, str] | None = None, rootfs: Path | None = None) -> tuple[Path, qemu.Boot]:
+    """Boot `kernel` with a fresh share under `out`; return (share/out, boot); raise on a failed guest."""
+    share = out / "share"
+    shutil.rmtree(share, ignore_errors=True)
+    (share / "out").mkdir(parents=True)
+    if rootfs is not None:
+        params["ROOTFS"] = "1"
+    (share / "params").write_text("".join(f"{k}='{v}'\n" for k, v in params.items()))
+    for name, text in (files or {}).items():
+        (share / name).write_text(text)
+        (share / name).chmod(0o755)
+    shares = {SHARE_TAG: share}
+    if rootfs is not None:
+        shares[ROOTFS_TAG] = rootfs
+    initrd = initramfs.build(kernel)
+    console = out / "console.log"
+    b = qemu.boot(kernel.vmlinuz, initrd, shares, mem_mib=mem_mib, console=console, timeout_s=timeout_s)
+    status_file = share / "out" / "status"
+    status = status_file.read_text().strip() if status_file.exists() else ""
+    if status != "ok":
+        what = status.removeprefix("error: ") if status else "the guest ended without reporting (no status)"
+        raise TdpError(f"lab guest {kernel.release}: {what} (console log: {console})",
+                       f"last console lines: {qemu.tail(console, 4)!r}")
+    return share / "out", b
+
+
+def discover(kernel: kernels.Kernel, *, refresh: bool = False) -> dict[str, str]:
+    """The symbol dumps the probes are resolved from (kallsyms, available_filter_functions, kvmmmu events),
+    from one discovery boot of `kernel`, cached beside it."""
+    cache = Path(kernel.dir) / "symbols"
+    names = ("kallsyms.txt", "filter_functions.txt", "kvmmmu_events.txt", "release.txt", "kvm_params.txt")
+    if refresh or not all((cache / n).exists() for n in names):
+        era = probes.era_for(kernel.release)
+        out, _ = _boot(kernel, Path(kernel.dir) / "discover", {"MODE": "discover"}, mem_mib=1024, timeout_s=180)
+        cache.mkdir(exist_ok=True)
+        for n in names:
+            if not (out / n).exists():
+                raise TdpError(f"discovery boot of {kernel.release} did not produce {n}")
+            shutil.copy2(out / n, cache / n)
+        params = (cache / "kvm_params.txt").read_text()
+        if "tdp_mmu=Y" not in params:
+            raise MissingCapability(f"kernel {kernel.release}: the TDP MMU is not enabled in the guest "
+                                    f"({params.strip() or 'no kvm parameters'}; kvm params used: "
+                                    f"'{era.kvm_params}')", "see the discovery boot's dmesg.txt")
+    return {n: (cache / n).read_text() for n in names}
+
+
+def resolve_probes(kernel: kernels.Kernel) -> probes.Resolution:
+    """kprobe_events lines for `kernel`, resolved from its discovered symbols."""
+    syms = discover(kernel)
+    release = syms["release.txt"].strip()
+    if release != kernel.release:
+        raise TdpError(f"guest reports kernel {release}, expected {kernel.release}")
+    return probes.resolve(release, syms["kallsyms.txt"], syms["filter_functions.txt"], syms["kvmmmu_events.txt"])
+
+
+_STAT = re.compile(r"^(overrun|commit overrun|dropped events):\s*(\d+)", re.M)
+
+
+def check_lost(out: Path, trace: Path) -> int:
+    """Fail loudly if tracefs lost anything: per-CPU overrun/commit overrun/dropped events, the header's
+    entries-in-buffer vs entries-written, and the number of event lines in the dump. Returns the event count."""
+    problems = []
+    for name in ("stats_before.txt", "stats_after.txt"):
+        text = (out / name).read_text()
+        cpu = "?"
+        for line in text.splitlines():
+            if line.startswith("== "):
+                cpu = line[3:]
+            m = _STAT.match(line)
+            if m and int(m.group(2)):
+                problems.append(f"{cpu} {m.group(1)}={m.group(2)} ({name})")
+    data = trace.read_bytes()
+    m = re.search(rb"entries-in-buffer/entries-written: (\d+)/(\d+)", data[:4096])
+    if not m:
+        raise TdpError(f"{trace}: no tracefs header (entries-in-buffer/entries-written)")
+    in_buf, written = int(m.group(1)), int(m.group(2))
+    if in_buf != written:
+        problems.append(f"entries-in-buffer {in_buf} != entries-written {written}")
+    lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    header = data.count(b"\n#") + data.startswith(b"#")
+    if lines - header != in_buf:
+        problems.append(f"{lines - header} event lines in the dump, {in_buf} in the buffer")
+    if problems:
+        raise TdpError(f"tracefs lost events: {'; '.join(problems)}",
+                       "raise the buffer (Scenario.buffer_kb) or trace less; the raw dump is kept at " + str(trace))
+    return in_buf
+
+
+def parse_kvmtouch(text: str) -> list[dict[str, int]]:
+    """The machine lines 'KVMTOUCH k=v ...' that kvmtouch prints once per iteration."""
+    return [{k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+            for line in text.splitlines() if line.startswith("KVMTOUCH ")]
+
+
+def run(scenario: Scenario, out: Path | None = None) -> LabRun:
+    """Run `scenario`; results under `out` (default: the cache's runs/NAME-TIMESTAMP)."""
+    t0 = time.monotonic()
+    ensure_host_packages()
+    if out is None:
+        out = cache_dir() / "runs" / f"{scenario.name}-{time.strftime('%Y%m%dT%H%M%S')}"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    kernel = kernels.fetch(scenario.kernel)
+    initramfs.build(kernel)
+    t_ready = time.monotonic()
+    res = resolve_probes(kernel)
+    t_probes = time.monotonic()
+    params = {"MODE": "run", "MIB": str(scenario.mib), "THP": str(int(scenario.thp)),
+              "HOG": str(int(scenario.hog)), "ITERS": str(scenario.iters), "BUF_KB": str(scenario.buffer_kb),
+              "EVENTS": " ".join(res.tracepoints), "HOOK_SETTLE": str(scenario.hook_settle_s)}
+    files = {"kprobe_events": "\n".join(res.lines) + "\n"}
+    if scenario.hook is not None:
+        if not Path(scenario.hook).is_file():
+            raise TdpError(f"hook script {scenario.hook} not found")
+        files["hook.sh"] = Path(scenario.hook).read_text()
+    share_out, b = _boot(kernel, out, params, mem_mib=scenario.guest_mib, timeout_s=scenario.timeout_s,
+                         files=files, rootfs=scenario.rootfs)
+    trace = out / "trace.txt"
+    shutil.move(share_out / "trace.txt", trace)
+    events = check_lost(share_out, trace)
+    t_boot = time.monotonic()
+    from tdptrace.importers import import_file
+    import tdptrace
+
+    capture = out / f"{scenario.name}.tdp"
+    shutil.rmtree(capture, ignore_errors=True)
+    import_file(trace, capture, kernel_release=kernel.release)
+    summary = tdptrace.open(capture).summary()
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    t_end = time.monotonic()
+    result = LabRun(
+        scenario={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(scenario).items()},
+        release=kernel.release, out=str(out), trace=str(trace), capture=str(capture), summary=summary,
+        kvmtouch=parse_kvmtouch((share_out / "kvmtouch.txt").read_text()),
+        kprobe_events=(share_out / "kprobe_events_readback.txt").read_text().splitlines(),
+        timings={"prepare_s": round(t_ready - t0, 2), "discover_s": round(t_probes - t_ready, 2),
+                 "qemu_s": round(b.seconds, 2), "events": events, "import_summary_s": round(t_end - t_boot, 2),
+                 "total_s": round(t_end - t0, 2)})
+    (out / "run.json").write_text(json.dumps({k: v for k, v in asdict(result).items() if k != "summary"},
+                                             indent=1))
+    return result

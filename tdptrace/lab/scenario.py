@@ -1,0 +1,53 @@
+"""A lab scenario: which kernel, how much guest memory, 4K or 2M backing, CPU contention, extra guest work."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tdptrace.errors import BadInput
+
+# kvmmmu events are about 65 bytes each in the ring buffer and a 4K-backed run writes roughly six per page
+# (install, zap, page-table events, kprobes); all of them may land on one CPU. Margin x3.
+_BYTES_PER_MIB = 256 * 6 * 65 * 3
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Parameters of one lab run. The phases (populate, madvise half, touch again, delete memslot, close)
+    are always run, `iters` times; see kvmtouch.c."""
+
+    kernel: str = "6.1"
+    mib: int = 128
+    thp: bool = False
+    hog: bool = False
+    iters: int = 1
+    hook: Path | None = None  # a script run in the guest alongside the workload (init.sh: /share/hook.sh)
+    rootfs: Path | None = None  # a directory shared into the guest at /rootfs (e.g. a chroot with BCC)
+    hook_settle_s: float = 0.0  # seconds to let the hook start before the workload
+
+    def __post_init__(self) -> None:
+        if self.mib < 8 or self.mib > 4096 or self.mib % 4:
+            raise BadInput(f"--mib {self.mib}: guest memory must be a multiple of 4 MiB in [8, 4096]")
+        if self.iters < 1:
+            raise BadInput("--iters must be at least 1")
+
+    @property
+    def name(self) -> str:
+        """A short name such as k6.1-512m-hog or k5.10-256m-thp."""
+        return f"k{self.kernel}-{self.mib}m" + ("-thp" if self.thp else "") + ("-hog" if self.hog else "")
+
+    @property
+    def buffer_kb(self) -> int:
+        """tracefs buffer_size_kb per CPU: large enough that nothing is overwritten."""
+        per_cpu = self.mib * self.iters * _BYTES_PER_MIB // 1024
+        return max(32768, per_cpu if not self.thp else per_cpu // 16)
+
+    @property
+    def guest_mib(self) -> int:
+        """L1 guest RAM: the L2 memory, both CPUs' trace buffers, and room for the kernel and the dump."""
+        return max(2048, self.mib + 2 * self.buffer_kb // 1024 + 1024)
+
+    @property
+    def timeout_s(self) -> float:
+        """How long a boot may take before it is killed (TCG is slow: about 0.1 s per MiB with the hog)."""
+        return 120 + self.mib * self.iters * (0.5 if not self.thp else 0.1) + (self.hook_settle_s or 0)
