@@ -152,7 +152,7 @@ class Poller(threading.Thread):
         self._read = read
         self.kernel = kernel
         self.interval = interval
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._published: Optional[Published] = None
         self.reads = 0
         self.errors = 0
@@ -173,13 +173,13 @@ class Poller(threading.Thread):
         self._published = Published(snap, self.kernel, self.reads, self.errors, time.perf_counter() - t0)
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             start = time.monotonic()
             self.poll_once()
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - start)))
+            self._halt.wait(max(0.0, self.interval - (time.monotonic() - start)))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
 
 def parse_listen(text: str) -> tuple[str, int]:

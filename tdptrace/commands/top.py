@@ -68,10 +68,10 @@ def top_cmd(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     state = {"sort": sort}
     missing = reader.features.unavailable()
-    print(f"tdptrace top: watching {len(reader.features.attached)} probe points, {interval:g}s intervals"
-          + (f"; not measured here: {', '.join(sorted(missing))}" if missing else ""), file=sys.stderr, flush=True)
     view = None if as_json else _LiveView(state, interval)
     prev = reader.read()
+    print(f"tdptrace top: watching {len(reader.features.attached)} probe points, {interval:g}s intervals"
+          + (f"; not measured here: {', '.join(sorted(missing))}" if missing else ""), file=sys.stderr, flush=True)
     n = 0
     try:
         if view is not None:

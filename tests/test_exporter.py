@@ -1,0 +1,181 @@
+"""tdptrace serve: the Prometheus text it serves, checked with the Prometheus parser, live and from fixed snapshots."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from livestats import REPO, TDPTRACE, TracefsCounter, free_port, require_live, run_exercise
+from tdptrace.errors import BadInput
+from tdptrace.exporter import Poller, Published, StatsCollector, gap_histogram, parse_listen
+from tdptrace.live.stats import GAP_BUCKETS, STATS_WORDS, Features, Snapshot, VmTotals, _SLICES
+
+
+def families(text: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def samples(fams: dict, family: str, sample: str, **labels) -> list:
+    return [s for s in fams[family].samples if s.name == sample
+            and all(s.labels.get(k) == v for k, v in labels.items())] if family in fams else []
+
+
+def _snapshot(spans: bool) -> Snapshot:
+    w = np.zeros(STATS_WORDS, dtype=np.uint64)
+    w[_SLICES["zap_leaf"]][1] = 500
+    w[_SLICES["zap_nonleaf"]][2] = 3
+    w[_SLICES["pt_alloc"]][1] = 7
+    w[_SLICES["pt_free"]][4] = 2
+    w[_SLICES["zap_all_fast"]] = 4
+    w[_SLICES["retained"]][1] = 5
+    w[_SLICES["spans"]] = 9
+    w[_SLICES["yields"]] = 6
+    hist = w[_SLICES["gap_hist"]]
+    hist[10] = 2   # [1024, 2048) ns: below the first bucket (8.192 us)
+    hist[16] = 3   # [65.5, 131) us
+    hist[27] = 1   # [134, 268) ms
+    w[_SLICES["gap_sum_ns"]] = 200_000_000
+    w[_SLICES["gap_max_ns"]] = 150_000_000
+    feats = Features(spans=spans, spans_reason="" if spans else "no kprobes here", tdp_tracepoint=True, tdp_mmu=True)
+    return Snapshot(1, time.time(), {4242: VmTotals(4242, "qemu-system-x86", w)}, {"vm_map_full": 1}, feats)
+
+
+def _scrape_text(snap: Snapshot) -> str:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(StatsCollector(lambda: Published(snap, "6.1.0-56-amd64", 3, 0, 0.001)))
+    return generate_latest(reg).decode()
+
+
+def test_metrics_from_a_fixed_snapshot_parse_and_carry_the_counts():
+    fams = families(_scrape_text(_snapshot(spans=True)))
+    vm = {"vm": "4242", "comm": "qemu-system-x86"}
+    assert samples(fams, "tdptrace_spte_zaps", "tdptrace_spte_zaps_total", level="1", kind="leaf", **vm)[0].value == 500
+    assert samples(fams, "tdptrace_spte_zaps", "tdptrace_spte_zaps_total", level="2", kind="nonleaf")[0].value == 3
+    assert samples(fams, "tdptrace_page_tables_allocated", "tdptrace_page_tables_allocated_total",
+                   level="1")[0].value == 7
+    assert samples(fams, "tdptrace_zap_all_fast", "tdptrace_zap_all_fast_total", **vm)[0].value == 4
+    assert samples(fams, "tdptrace_retained_page_tables", "tdptrace_retained_page_tables", level="1")[0].value == 5
+    assert samples(fams, "tdptrace_lost_events", "tdptrace_lost_events_total", reason="vm_map_full")[0].value == 1
+    b = {s.labels["le"]: s.value for s in samples(fams, "tdptrace_mmu_lock_gap_seconds",
+                                                  "tdptrace_mmu_lock_gap_seconds_bucket")}
+    assert b["8.192e-06"] == 2 and b["6.5536e-05"] == 2 and b["0.000131072"] == 5
+    assert b["0.134217728"] == 5 and b["0.268435456"] == 6 and b["+Inf"] == 6
+    les = [float(k) for k in b if k != "+Inf"]
+    assert min(les) < 10e-6 and max(les) >= 10
+    assert samples(fams, "tdptrace_mmu_lock_gap_seconds", "tdptrace_mmu_lock_gap_seconds_sum")[0].value == 0.2
+    assert samples(fams, "tdptrace_build_info", "tdptrace_build_info")[0].labels["kernel"] == "6.1.0-56-amd64"
+
+
+def test_without_kprobes_span_metrics_are_absent_and_marked_unavailable():
+    fams = families(_scrape_text(_snapshot(spans=False)))
+    assert "tdptrace_mmu_lock_gap_seconds" not in fams and "tdptrace_zap_spans" not in fams
+    s = samples(fams, "tdptrace_feature_available", "tdptrace_feature_available", feature="gaps")[0]
+    assert s.value == 0 and s.labels["reason"] == "no kprobes here"
+
+
+def test_gap_histogram_is_cumulative_over_log2_buckets():
+    h = np.zeros(GAP_BUCKETS)
+    h[13], h[33] = 4, 1
+    buckets, total = gap_histogram(h, 3_000_000_000)
+    d = dict(buckets)
+    assert d["8.192e-06"] == 0 and d["1.6384e-05"] == 4 and d["8.589934592"] == 4 and d["17.179869184"] == 5
+    assert total == 3.0
+
+
+def test_poller_keeps_the_last_good_snapshot_when_a_read_fails():
+    calls = iter([_snapshot(True), RuntimeError("map gone")])
+
+    def read():
+        v = next(calls)
+        if isinstance(v, Exception):
+            raise v
+        return v
+
+    p = Poller(read, "k", 1.0)
+    p.poll_once()
+    first = p.current()
+    p.poll_once()
+    assert p.current() is first and p.errors == 1 and p.reads == 1
+
+
+@pytest.mark.parametrize("text,expect", [("127.0.0.1:9464", ("127.0.0.1", 9464)), (":9464", ("0.0.0.0", 9464)),
+                                          ("[::1]:80", ("::1", 80))])
+def test_parse_listen(text, expect):
+    assert parse_listen(text) == expect
+
+
+@pytest.mark.parametrize("text", ["9464", "host:", "host:0", "h:99999", "h:x"])
+def test_parse_listen_rejects(text):
+    with pytest.raises(BadInput):
+        parse_listen(text)
+
+
+def test_serve_bad_listen_is_one_line_error():
+    out = subprocess.run(TDPTRACE + ["serve", "--listen", "nonsense"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("tdptrace: error: --listen 'nonsense' is not HOST:PORT")
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+@pytest.mark.live
+def test_exporter_counts_what_the_exercise_did_as_tracefs_saw_it():
+    require_live()
+    port = free_port()
+    serve = subprocess.Popen(TDPTRACE + ["serve", "--listen", f"127.0.0.1:{port}", "--interval", "0.2"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert serve.poll() is None, serve.stderr.read()
+            try:
+                fams = families(_scrape(port))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "exporter did not come up"
+                time.sleep(0.2)
+        assert samples(fams, "tdptrace_build_info", "tdptrace_build_info")
+        with TracefsCounter("tdptrace-test-serve") as truth:
+            report = run_exercise(32)
+            pid = str(report["pid"])
+            truth.stop()
+            want = truth.counts(report["pid"])
+        assert want["lost"] == 0
+        assert want["zap_all_fast"] == 1  # the exercise deletes its one memslot once
+        vm = {"vm": pid}
+        deadline = time.monotonic() + 10
+        while True:  # the poller publishes every 0.2 s; wait for a snapshot taken after the exercise ended
+            fams = families(_scrape(port))
+            fast = samples(fams, "tdptrace_zap_all_fast", "tdptrace_zap_all_fast_total", **vm)
+            if fast and fast[0].value == want["zap_all_fast"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert fast and fast[0].value == want["zap_all_fast"]
+        alloc = sum(s.value for s in samples(fams, "tdptrace_page_tables_allocated",
+                                             "tdptrace_page_tables_allocated_total", **vm))
+        freed = sum(s.value for s in samples(fams, "tdptrace_page_tables_freed", "tdptrace_page_tables_freed_total",
+                                             **vm))
+        assert alloc == want["alloc"] > 0
+        assert freed == want["free"] > 0
+        assert samples(fams, "tdptrace_lost_events", "tdptrace_lost_events_total", reason="vm_map_full")[0].value == 0
+        avail = {s.labels["feature"]: s.value for s in fams["tdptrace_feature_available"].samples}
+        assert avail["page_tables"] == 1 and avail["zap_all_fast"] == 1
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        try:
+            rc = serve.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            raise
+    assert rc == 0, serve.stderr.read()
