@@ -12,6 +12,7 @@ fail() {
   log "error: $*"
   [ -d "$O" ] && echo "error: $*" > "$O/status"
   dmesg > "$O/dmesg.txt" 2>/dev/null
+  cat $T/error_log > "$O/tracing_error_log.txt" 2>/dev/null
   sync
   poweroff -f
   sleep 5

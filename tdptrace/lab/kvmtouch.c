@@ -99,6 +99,22 @@ struct vm {
 	unsigned long size;
 };
 
+/* Give the vCPU the host-supported CPUID: newer KVM refuses EFER.LME unless the guest CPUID has long mode. */
+static void set_cpuid(struct vm *v)
+{
+	int n = 256;
+	struct kvm_cpuid2 *cpuid = calloc(1, sizeof(*cpuid) + n * sizeof(struct kvm_cpuid_entry2));
+
+	if (!cpuid)
+		die("calloc");
+	cpuid->nent = n;
+	if (ioctl(v->kvm, KVM_GET_SUPPORTED_CPUID, cpuid))
+		die("KVM_GET_SUPPORTED_CPUID");
+	if (ioctl(v->vcpu, KVM_SET_CPUID2, cpuid))
+		die("KVM_SET_CPUID2");
+	free(cpuid);
+}
+
 static void setup_long_mode(struct vm *v)
 {
 	struct kvm_sregs sregs;
@@ -119,6 +135,7 @@ static void setup_long_mode(struct vm *v)
 	}
 	memcpy(v->mem, guest_code, sizeof(guest_code));
 
+	set_cpuid(v);
 	if (ioctl(v->vcpu, KVM_GET_SREGS, &sregs))
 		die("KVM_GET_SREGS");
 	sregs.cr3 = 0x1000;

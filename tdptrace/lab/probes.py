@@ -32,12 +32,14 @@ ARG_TYPES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Probe:
-    """One function to probe: its C name, the arguments to record, whether its return is wanted too."""
+    """One function to probe: its C name, the arguments to record, whether its return is wanted too, and
+    whether it returns a value (kernels with BTF probe args, e.g. 6.12, reject $retval on a void function)."""
 
     function: str
     args: tuple[str, ...] = ()
     ret: bool = True
     required: bool = False
+    void: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ ERAS: tuple[Era, ...] = (
         Probe("zap_gfn_range", ("root", "start", "end", "can_yield", "flush"), required=True),
         Probe("__kvm_tdp_mmu_zap_gfn_range", ("start", "end", "can_yield")),
         Probe("kvm_tdp_mmu_zap_hva_range", ("hva_start", "hva_end")),
-        Probe("kvm_tdp_mmu_zap_all"),
+        Probe("kvm_tdp_mmu_zap_all", void=True),
         Probe("kvm_tdp_mmu_free_root", ("root",), ret=False),
         Probe("__cond_resched_lock", ("lock",), required=True),
     )),
@@ -73,11 +75,11 @@ ERAS: tuple[Era, ...] = (
     # in passes (two on 6.1, four since 6.9 via tdp_mmu_zap_root); mmu_lock is an rwlock.
     Era("6.x", (5, 18), (7, 99), "", ("kvm_tdp_mmu_spte_changed",) + _PAGE_TABLE_EVENTS, (
         Probe("tdp_mmu_zap_leafs", ("root", "start", "end", "can_yield", "flush"), required=True),
-        Probe("__tdp_mmu_zap_root", ("root", "shared", "zap_level"), required=True),
-        Probe("tdp_mmu_zap_root", ("root", "shared")),  # inlined on Debian's 6.1
+        Probe("__tdp_mmu_zap_root", ("root", "shared", "zap_level"), required=True, void=True),
+        Probe("tdp_mmu_zap_root", ("root", "shared"), void=True),  # inlined on Debian's 6.1
         Probe("kvm_tdp_mmu_zap_leafs", ("start", "end", "flush")),
-        Probe("kvm_tdp_mmu_zap_invalidated_roots"),
-        Probe("kvm_tdp_mmu_zap_all"),
+        Probe("kvm_tdp_mmu_zap_invalidated_roots", void=True),
+        Probe("kvm_tdp_mmu_zap_all", void=True),
         Probe("kvm_tdp_mmu_put_root", ("root",), ret=False),
         Probe("__cond_resched_rwlock_write", ("lock",), required=True),
         Probe("__cond_resched_rwlock_read", ("lock",), required=True),
@@ -153,7 +155,7 @@ def resolve(release: str, kallsyms: str, filter_functions: str, kvmmmu_events: s
         event = re.sub(r"\W", "_", probe.function)
         lines.append(" ".join([f"p:tdp/{event}", sym, *fetch]))
         if probe.ret:
-            lines.append(f"r16:tdp/{event}_ret {sym} ret=$retval:s64")
+            lines.append(f"r16:tdp/{event}_ret {sym}" + ("" if probe.void else " ret=$retval:s64"))
         attached[probe.function] = sym + ("" if sym in traceable else " (not in available_filter_functions)")
     events = set(kvmmmu_events.split())
     missing += [f"kvmmmu/{tp}" for tp in era.tracepoints if tp not in events]
