@@ -471,8 +471,10 @@ class _Vm:
 
 
 def run_exercise(config: ExerciseConfig,
-                 on_phase: Optional[Callable[[PhaseResult], None]] = None) -> ExerciseReport:
-    """Create the VM, run the selected phases in their fixed order, close the VM; `on_phase` sees each result.
+                 on_phase: Optional[Callable[[PhaseResult], None]] = None,
+                 on_start: Optional[Callable[[ExerciseReport], None]] = None) -> ExerciseReport:
+    """Create the VM, run the selected phases in their fixed order, close the VM; `on_start` sees the report
+    once the VM exists (so errors come before any output), `on_phase` each phase's result.
 
     The VM is always closed at the end (the "close" phase is timed and reported only when selected);
     --hold waits just before closing.
@@ -525,6 +527,8 @@ def run_exercise(config: ExerciseConfig,
         vm.alloc()
         report.host_addr = vm.mem
         vm.create()
+        if on_start is not None:
+            on_start(report)
         for name, body in (("populate", populate), ("madvise", madvise), ("touch", touch), ("delete", delete)):
             if name in selected:
                 timed(name, body)

@@ -38,7 +38,7 @@ def exercise_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Run a small VM on /dev/kvm: populate, madvise half, touch again, delete the memslot, close."""
-    from tdptrace.exercise import ExerciseConfig, PhaseResult, run_exercise
+    from tdptrace.exercise import ExerciseConfig, ExerciseReport, PhaseResult, run_exercise
 
     cfg = ExerciseConfig(mib=mib, hugepages=hugepages, hold_s=hold, phases=_parse_phases(phases))
     cfg.validate()
@@ -53,14 +53,18 @@ def exercise_cmd(
     from tdptrace.exercise import PHASES
 
     only = "" if cfg.phases == PHASES else f", phases {','.join(cfg.phases)}"
-    con.print(f"[bold]exercise[/]: {mib} MiB guest, {'THP' if hugepages else '4 KiB'} backing{only}")
+
+    def start(r: ExerciseReport) -> None:
+        con.print(f"[bold]exercise[/]: {mib} MiB guest, {'THP' if hugepages else '4 KiB'} backing{only}, "
+                  f"pid {r.pid}")
 
     def show(p: PhaseResult) -> None:
         what = f"{p.pages:,} pages" if p.pages else (f"{p.bytes // (1 << 20):,} MiB" if p.bytes else "")
         con.print(f"  {p.name:<9}{p.duration_ns / 1e6:>9.1f} ms  {what:>14}  {p.note}")
 
-    report = run_exercise(cfg, on_phase=show)
+    report = run_exercise(cfg, on_phase=show, on_start=start)
     huge = "" if report.anon_huge_kib is None else f", AnonHugePages {report.anon_huge_kib // 1024} MiB"
-    con.print(f"  total {report.total_ns / 1e6:.1f} ms, pid {report.pid}, THP {report.thp_mode}{huge}")
+    hold = f" (held {cfg.hold_s:g} s)" if cfg.hold_s else ""
+    con.print(f"  total {report.total_ns / 1e6:.1f} ms{hold}, THP {report.thp_mode}{huge}")
     if hugepages and report.thp_mode == "never":
         con.print("[yellow]warning:[/] transparent hugepages are disabled (never): no 2 MiB mappings")
