@@ -1,0 +1,307 @@
+"""The BCC backend of `record`: compile probes/record.bpf.c with validated -D settings, attach what the
+plan allows, drain both ring buffers in batches into capture chunks, and fill meta at the end.
+
+bcc is imported here only, when a recording starts: analysis never needs it.
+"""
+from __future__ import annotations
+
+import ctypes
+import re
+import time
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tdptrace.capture import CaptureWriter
+from tdptrace.errors import MissingCapability
+from tdptrace.hashing import PointerHasher
+from tdptrace.live.attach import TRACEPOINT_DEFINES, YIELD_PROGRAMS, ProbePlan
+from tdptrace.live.records import EVENT, KIND, SPAN, decode_events, decode_spans
+from tdptrace.live.recording import LiveStatus, RecordOptions, live_meta
+from tdptrace.live.transport import PAGE_SIZE, PerfReader, RingReader
+from tdptrace.schema import LEVELS, STACKS
+from tdptrace.spte import Encoding, encoding_for_release
+
+PROGRAM = "record.bpf.c"
+_DEFINE_NAME = re.compile(r"^TDP_[A-Z0-9_]+$")
+# tdp_event.kind -> the event name counted in meta.events.counts
+_KIND_EVENT = {KIND["spte"]: "kvm_tdp_mmu_spte_changed", KIND["get_page"]: "kvm_mmu_get_page",
+               KIND["prepare_zap"]: "kvm_mmu_prepare_zap_page", KIND["zap_all_fast"]: "kvm_mmu_zap_all_fast",
+               KIND["split"]: "kvm_mmu_split_huge_page", KIND["yield"]: "yield_point", KIND["syscall"]: "sys_enter"}
+# stats[] indexes in probes/record.bpf.c
+STAT_DEPTH_OVERFLOW, STAT_TABLES_FULL, STAT_UNMATCHED_RETURN = 1, 2, 4
+
+
+def probes_dir() -> Path:
+    """Where the BPF sources are installed (the tdptrace.probes package data)."""
+    return Path(str(resources.files("tdptrace.probes")))
+
+
+def cflag(name: str, value: int | bool) -> str:
+    """One -D setting; only integers under TDP_* names reach the compiler (never text from the command line)."""
+    if not _DEFINE_NAME.match(name):
+        raise ValueError(f"bad define name {name!r}")
+    if isinstance(value, bool):
+        value = int(value)
+    if not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: defines must be integers, not {type(value).__name__}")
+    return f"-D{name}={int(value)}"
+
+
+def ringbuf_supported(release: str) -> bool:
+    """BPF ring buffers exist since Linux 5.8; older kernels use the perf buffer."""
+    from tdptrace.kernel_functions import parse_version
+
+    v = parse_version(release)
+    return v is None or v >= (5, 8)
+
+
+def program_defines(plan: ProbePlan, opts: RecordOptions, bench_tgid: int = 0) -> dict[str, int]:
+    """The -D settings of probes/record.bpf.c for this plan and these options."""
+    enc = encoding_for_release(plan.release) or Encoding.PRESENT_BIT
+    d = {
+        "TDP_PERF_BUFFER": int(not ringbuf_supported(plan.release)),
+        "TDP_EVENT_PAGES": opts.event_pages, "TDP_SPAN_PAGES": opts.span_pages, "TDP_WAKEUP": 0,
+        "TDP_PRESENT_BIT": int(enc == Encoding.PRESENT_BIT),
+        "TDP_WITH_SPTES": int(opts.sptes), "TDP_WITH_SPANS": int(plan.spans),
+        "TDP_YIELD_RETURN": int(plan.spans and bool(plan.yield_functions)),
+        "TDP_FILTER_PIDS": int(bool(opts.pids)), "TDP_STACKS": int(opts.stacks and plan.spans),
+        "TDP_STACK_MIN_GAP_NS": int(opts.stack_min_gap_ns), "TDP_MAX_TABLES": int(opts.max_tables),
+        "TDP_BENCH": int(bench_tgid > 0), "TDP_BENCH_TGID": int(bench_tgid),
+    }
+    for tp, define in TRACEPOINT_DEFINES.items():
+        d[define] = int(tp in plan.tracepoints and bench_tgid == 0)
+    return d
+
+
+def program_text(defines: dict[str, int]) -> str:
+    """The BPF program exactly as compiled: the settings as #defines, the header, then the source."""
+    src = probes_dir()
+    lines = [f"#define {k} {v}" for k, v in defines.items()]
+    return "\n".join(lines) + "\n\n" + (src / "tdptrace.h").read_text() + "\n" + (src / PROGRAM).read_text()
+
+
+def compile_program(defines: dict[str, int]):
+    """Load the BPF module (tracepoint programs attach themselves); MissingCapability when bcc cannot."""
+    try:
+        from bcc import BPF  # noqa: PLC0415 - lazily, only on the live path
+    except ImportError:
+        raise MissingCapability("bcc is not importable", "install python3-bpfcc (sudo bash scripts/bootstrap.sh) "
+                                "or use --backend ftrace")
+    bcc_compat(BPF)
+    src = probes_dir()
+    flags = [f"-I{src}"] + [cflag(k, v) for k, v in defines.items()]
+    try:
+        return BPF(src_file=str(src / PROGRAM).encode(), cflags=flags)
+    except Exception as exc:  # bcc raises bare Exception on compile/load failures
+        raise MissingCapability(f"BCC could not compile or load the probes ({str(exc).splitlines()[0][:100]})",
+                                "check kernel headers (tdptrace doctor), or use --backend ftrace")
+
+
+def bcc_compat(bpf_class) -> None:
+    """BCC 0.26 cannot map a `signed char` (__s8) map field to ctypes; teach it (harmless where it can)."""
+    bpf_class.str2ctype.setdefault("signed char", ctypes.c_byte)
+
+
+class BccRecorder:
+    """Live recording through BCC: one instance per capture."""
+
+    def __init__(self, plan: ProbePlan, opts: RecordOptions, argv: list[str] | None = None) -> None:
+        opts.validate()
+        self.plan = plan
+        self.opts = opts
+        self.defines = program_defines(plan, opts)
+        self.hasher = PointerHasher()
+        self.functions = [f.symbol for f in plan.span_functions]
+        self.meta = live_meta("bcc", opts, plan.release, {
+            "transport": "perf buffer" if self.defines["TDP_PERF_BUFFER"] else "ring buffer",
+            "command": argv or [], "defines": self.defines})
+        self.bpf: Any = None
+        self.writer: CaptureWriter | None = None
+        self.seq = 0
+        self.pending: dict[str, list[pd.DataFrame]] = {}
+        self.pending_rows = 0
+        self.counts: Counter = Counter()
+        self.status = LiveStatus()
+        self._t0 = 0.0
+        self._last_flush = 0.0
+        self._last_tick = (0.0, 0)
+        self._stack_ids: set[int] = set()
+        self.attach_failures: list[dict[str, str]] = []
+
+    # -- start ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.writer = CaptureWriter(self.opts.output, self.meta, overwrite=self.opts.force)
+        self.bpf = compile_program(self.defines)
+        self._attach_kprobes()
+        if self.opts.pids:
+            pids = self.bpf["pids"]
+            for p in self.opts.pids:
+                pids[ctypes.c_uint(p)] = ctypes.c_ubyte(1)
+        if self.defines["TDP_PERF_BUFFER"]:
+            self.events = PerfReader(self.bpf["events"], EVENT, self.opts.event_pages)
+            self.spans = PerfReader(self.bpf["spans"], SPAN, self.opts.span_pages)
+        else:
+            self.events = RingReader(self.bpf["events"].map_fd, self.opts.event_pages * PAGE_SIZE, EVENT)
+            self.spans = RingReader(self.bpf["spans"].map_fd, self.opts.span_pages * PAGE_SIZE, SPAN)
+        self._fill_probe_meta()
+        self.writer.write_meta()
+        self._t0 = self._last_flush = time.monotonic()
+
+    def _attach_kprobes(self) -> None:
+        if not self.plan.spans:
+            return
+        b = self.bpf
+        args = b["func_args"]
+        for i, f in enumerate(self.plan.span_functions):
+            args[ctypes.c_int(i)] = args.Leaf.from_buffer_copy(f.args_record().tobytes())
+            try:
+                b.attach_kprobe(event=f.symbol.encode(), fn_name=f"span_entry_{i}".encode())
+                b.attach_kretprobe(event=f.symbol.encode(), fn_name=f"span_return_{i}".encode(), maxactive=64)
+            except Exception as exc:
+                self.attach_failures.append({"probe": f"kprobe:{f.symbol}", "reason": str(exc)[:120]})
+        for name in self.plan.yield_functions:
+            try:
+                b.attach_kprobe(event=name.encode(), fn_name=YIELD_PROGRAMS[name].encode())
+                b.attach_kretprobe(event=name.encode(), fn_name=b"yield_return", maxactive=64)
+            except Exception as exc:
+                self.attach_failures.append({"probe": f"kprobe:{name}", "reason": str(exc)[:120]})
+
+    def _fill_probe_meta(self) -> None:
+        m = self.meta
+        m.probes = self.plan.to_meta()
+        m.probes["missing"] = m.probes["missing"] + self.attach_failures
+        m.capabilities = self.plan.capabilities(self.opts.sptes)
+        m.notes = list(self.plan.notes) + self.plan.unavailable()
+
+    # -- loop ----------------------------------------------------------------------------------------
+    def poll(self) -> LiveStatus:
+        ev = self.events.drain()
+        sp = self.spans.drain()
+        if len(ev):
+            self.counts.update({_KIND_EVENT.get(int(k), str(k)): int(n)
+                                for k, n in zip(*np.unique(ev["kind"], return_counts=True))})
+            for table, df in decode_events(ev, self.seq, self.hasher).items():
+                self._queue(table, df)
+            self.seq += len(ev)
+        if len(sp):
+            seq = np.arange(self.seq, self.seq + len(sp), dtype=np.int64)
+            self.seq += len(sp)
+            self._queue("spans", decode_spans(sp, seq, self.functions, self.hasher, self._zaps_known()))
+            self.status.spans += len(sp)
+            worst = int(sp["max_gap_ns"].max())
+            self.status.worst_gap_ns = max(self.status.worst_gap_ns or 0, worst)
+            self._stack_ids.update(int(s) for s in np.unique(sp["stack_id"]) if s >= 0)
+        now = time.monotonic()
+        st = self.status
+        st.events += len(ev)
+        st.elapsed_s = now - self._t0
+        t_last, n_last = self._last_tick
+        if now - t_last >= 1.0:
+            st.events_per_s = (st.events - n_last) / (now - t_last) if t_last else 0.0
+            self._last_tick = (now, st.events)
+            st.drops = sum(self._drops_per_cpu().values())
+        if now - self._last_flush >= self.opts.flush_seconds or self.pending_rows >= self.opts.flush_rows:
+            self.flush()
+        return st
+
+    def _zaps_known(self) -> bool:
+        return "kvm_tdp_mmu_spte_changed" in self.plan.tracepoints
+
+    def _queue(self, table: str, df: pd.DataFrame) -> None:
+        self.pending.setdefault(table, []).append(df)
+        self.pending_rows += len(df)
+
+    def flush(self) -> None:
+        """Write one chunk per table with everything queued (each chunk lands atomically), then meta."""
+        assert self.writer is not None
+        for table, frames in self.pending.items():
+            if frames:
+                self.writer.append(table, pd.concat(frames, ignore_index=True))
+        self.pending = {}
+        self.pending_rows = 0
+        self._update_meta()
+        self.writer.write_meta()
+        self._last_flush = time.monotonic()
+
+    # -- end -----------------------------------------------------------------------------------------
+    def finish(self, stopped_by: str) -> Path:
+        """Drain what is left, write the last chunks and meta (status complete)."""
+        assert self.writer is not None
+        for _ in range(64):  # whatever the kernel still holds
+            before = self.status.events + self.status.spans
+            self.poll()
+            if self.status.events + self.status.spans == before:
+                break
+        self.flush()
+        self._write_stacks()
+        self.meta.source["stopped_by"] = stopped_by
+        self._update_meta(final=True)
+        self.writer.close()
+        for r in (self.events, self.spans):
+            r.close()
+        self.bpf.cleanup()
+        return self.writer.path
+
+    def _drops_per_cpu(self) -> dict[str, int]:
+        drops = self.bpf["drops"]
+        out: Counter = Counter()
+        for i in (0, 1):
+            for cpu, n in enumerate(drops[ctypes.c_int(i)]):
+                if n:
+                    out[str(cpu)] += int(n)
+        for r in (self.events, self.spans):
+            if isinstance(r, PerfReader) and r.lost:
+                out["perf"] += r.lost
+        return dict(out)
+
+    def _update_meta(self, final: bool = False) -> None:
+        per_cpu = self._drops_per_cpu()
+        total = int(sum(per_cpu.values()))
+        self.meta.lost_events = {"total": total, "per_cpu": per_cpu}
+        events: dict[str, Any] = {"counts": dict(sorted(self.counts.items())), "unknown": {}}
+        b = self.bpf
+        if self._zaps_known():
+            totals = np.zeros(2 * len(LEVELS), dtype=np.int64)
+            zt = b["zap_totals"]
+            for i in range(len(totals)):
+                totals[i] = sum(int(v) for v in zt[ctypes.c_int(i)])
+            if totals.any():  # none: leave zaps_by_level to the shadow-MMU page-table rule
+                events["zap_totals"] = {str(lv): {"leaf": int(totals[2 * (lv - 1)]),
+                                                  "nonleaf": int(totals[2 * (lv - 1) + 1])}
+                                        for lv in LEVELS if totals[2 * (lv - 1)] or totals[2 * (lv - 1) + 1]}
+            ret = b["retained"]
+            events["retained_at_end"] = {str(lv): int(ret[ctypes.c_int(lv)].value) for lv in LEVELS
+                                         if int(ret[ctypes.c_int(lv)].value)}
+        stats = b["stats"]
+        problems = {"spans_too_deep": int(stats[ctypes.c_int(STAT_DEPTH_OVERFLOW)].value),
+                    "tables_untracked": int(stats[ctypes.c_int(STAT_TABLES_FULL)].value),
+                    "unmatched_returns": int(stats[ctypes.c_int(STAT_UNMATCHED_RETURN)].value)}
+        events["recorder_errors"] = {k: v for k, v in problems.items() if v}
+        if self.plan.spans:
+            owners = {int(k.value): int(v.value) for k, v in b["vm_owner"].items()}
+            events["vm_owner"] = {self.hasher.one(k): v for k, v in owners.items()}
+        self.meta.events = events
+        if final and total:
+            self.meta.notes.append(f"{total} events were lost (ring buffer full); per CPU: {per_cpu}")
+
+    def _write_stacks(self) -> None:
+        if not self._stack_ids or not self.defines["TDP_STACKS"]:
+            return
+        assert self.writer is not None
+        table = self.bpf["stack_traces"]
+        rows = []
+        for sid in sorted(self._stack_ids):
+            try:
+                addrs = list(table.walk(sid))
+            except KeyError:
+                continue
+            rows += [(sid, d, self.bpf.ksym(a).decode("utf-8", "replace")) for d, a in enumerate(addrs)]
+        if rows:
+            df = pd.DataFrame(rows, columns=STACKS.names)
+            df["depth"] = df["depth"].astype(np.int16)
+            self.writer.append("stacks", df)
