@@ -61,7 +61,7 @@ def make_host(root: Path, release: str = RELEASE, kallsyms: str = KALLSYMS_61, k
     """Build the good host under `root` and return it."""
     write(root / "proc/sys/kernel/osrelease", release + "\n")
     write(root / "proc/config.gz", gzip.compress(
-        (f"CONFIG_KPROBES={'y' if kprobes else ''}\n" if kprobes else "# CONFIG_KPROBES is not set\n").encode()
+        ("CONFIG_KPROBES=y\n" if kprobes else "# CONFIG_KPROBES is not set\n").encode()
         + b"CONFIG_DEBUG_INFO_BTF=y\n"))
     write(root / "proc/kallsyms", kallsyms)
     write(root / "sys/kernel/btf/vmlinux", "BTF")

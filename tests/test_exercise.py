@@ -21,7 +21,8 @@ from tdptrace.errors import MissingCapability, TdpError
 
 KVM_H = Path("/usr/include/linux/kvm.h")
 TRACEFS = Path("/sys/kernel/tracing")
-COUNTED = ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page", "kvm_mmu_zap_all_fast")
+COUNTED = ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page", "kvm_mmu_zap_all_fast",
+           "kvm_tdp_mmu_spte_changed")
 
 
 # ---- ABI ------------------------------------------------------------------------------------------------
@@ -237,7 +238,7 @@ def _traced_run(cfg: ex.ExerciseConfig) -> tuple[ex.ExerciseReport, dict[str, co
     # Phase boundaries are the markers; events between them belong to the phase the marker names.
     for chunk in re.split(r"tracing_mark_write: tdptrace-phase-start ", text)[1:]:
         phase, _, body = chunk.partition("\n")
-        per_phase[phase.strip()].update(re.findall(r" (kvm_mmu_\w+): ", body))
+        per_phase[phase.strip()].update(re.findall(r" (kvm_(?:tdp_)?mmu_\w+): ", body))
     assert "LOST" not in text
     return report, per_phase
 
@@ -255,6 +256,7 @@ def test_live_tracepoint_counts_per_phase(mib: int, huge: bool) -> None:
     if _pvm_shadow_host():
         # kvm_pvm, shadow MMU (the development machines): one level-4 root shadow page, nothing below it,
         # whatever the size; the fast zap tears that root down and VM destruction zaps the invalid root.
+        # The shadow MMU never fires kvm_tdp_mmu_spte_changed.
         assert {p: dict(c) for p, c in counts.items()} == {
             "populate": {"kvm_mmu_get_page": 1},
             "madvise": {},
