@@ -46,6 +46,8 @@ print(n, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_ma
 
 TDPTRACE = r'''
 import sys, time, resource
+from tdptrace import arrowmem
+arrowmem.configure()
 from tdptrace.importers import import_file
 t = time.perf_counter()
 r = import_file(sys.argv[1], sys.argv[2], kernel_release="6.1.0-56-amd64")

@@ -4,10 +4,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-import typer
+from tdptrace import arrowmem
 
-from tdptrace import __version__
-from tdptrace.errors import TdpError
+arrowmem.configure()  # before any command module imports pyarrow
+
+import typer  # noqa: E402
+
+from tdptrace import __version__  # noqa: E402
+from tdptrace.errors import TdpError  # noqa: E402
 
 app = typer.Typer(
     name="tdptrace",

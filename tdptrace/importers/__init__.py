@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tdptrace.assemble import Assembler
 from tdptrace.capture import CaptureMeta, CaptureWriter, default_host
 from tdptrace.errors import BadInput
 from tdptrace.importers import tracefs
@@ -73,21 +72,63 @@ def _parsed_blocks(path: Path, parser) -> Iterator[tuple[Block, ParsedBlock | No
 def import_file(path: str | Path, out: str | Path, *, fmt: str = "auto", kernel_release: str | None = None,
                 kallsyms: str | Path | None = None, kprobe_events: str | Path | None = None,
                 force: bool = False, progress: Callable[[int], None] | None = None) -> ImportResult:
-    """Import a trace file into a new capture directory `out`."""
+    """Import a trace file into a new capture directory `out`.
+
+    A trace.dat / perf.data is first reported to text by its own tool. When the import fails, the capture it
+    had started is removed, so the same command can simply be run again."""
     from tdptrace.importers import formats
 
     path = Path(path)
     if fmt not in FORMATS:
         raise BadInput(f"unknown format '{fmt}'", f"use one of {', '.join(FORMATS)}")
     kind = detect_format(path) if fmt == "auto" else fmt
+    reported = None
     if kind in ("trace-cmd-dat", "perf-data"):
-        path, kind = formats.report_binary(path, kind)
+        reported = formats.report_binary(path, kind, Path(out).resolve().parent)
+        kallsyms = kallsyms or reported.kallsyms
+    try:
+        return _import_text(reported.text if reported else path, out, kind=reported.kind if reported else kind,
+                            kernel_release=kernel_release, kallsyms=kallsyms, kprobe_events=kprobe_events,
+                            force=force, progress=progress, input_name=path.name)
+    except BaseException:
+        _discard_partial(Path(out))
+        raise
+    finally:
+        if reported:
+            reported.cleanup()
+
+
+def _discard_partial(out: Path) -> None:
+    """Remove a capture this import left unfinished (status 'recording'); a complete one is never touched."""
+    import json
+
+    from tdptrace.capture import STATUS_RECORDING, _remove_capture
+
+    try:
+        status = json.loads((out / "meta.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return
+    if status == STATUS_RECORDING:
+        _remove_capture(out)
+        try:
+            out.rmdir()
+        except OSError:
+            pass
+
+
+def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str | None,
+                 kallsyms: str | Path | None, kprobe_events: str | Path | None, force: bool,
+                 progress: Callable[[int], None] | None, input_name: str) -> ImportResult:
+    """Import trace text of a known format (see import_file)."""
+    from tdptrace.assemble import Assembler  # here, not at module level: assemble imports importers.decode
+    from tdptrace.importers import formats
+
     enc = encoding_for_release(kernel_release) if kernel_release else None
     if kernel_release and enc is None:
         raise BadInput(f"--kernel '{kernel_release}' is not a kernel release", "give e.g. 6.1.0-56-amd64")
     parser = formats.line_parser(kind, kallsyms=kallsyms, kprobe_events=kprobe_events)
     meta = CaptureMeta(
-        source={"kind": "import", "format": kind, "input": path.name},
+        source={"kind": "import", "format": kind, "input": input_name},
         kernel={"release": kernel_release} if kernel_release else {},
         host=default_host() | {"hostname": None, "note": "imported: the host that recorded is unknown"},
         clock={"name": "trace (as printed)", "unit": "ns"},

@@ -69,6 +69,16 @@ class RawChunk:
         return self
 
 
+# Arrow-backed strings: a few bytes per value instead of a Python object each (markers can be millions).
+TEXT = pd.StringDtype("pyarrow")
+
+
+def _text(arr: pa.Array | pa.ChunkedArray) -> pd.Series:
+    """An Arrow string column as a pandas Series without materialising Python strings."""
+    return pd.Series(pd.array(arr, dtype=TEXT) if not isinstance(arr, pa.ChunkedArray)
+                     else pd.arrays.ArrowStringArray(arr))
+
+
 def _common(t: pa.Table) -> dict[str, np.ndarray | pd.Series]:
     return {
         "ts": t.column("ts").to_numpy(),
@@ -77,7 +87,7 @@ def _common(t: pa.Table) -> dict[str, np.ndarray | pd.Series]:
         "tid": t.column("tid").to_numpy().astype(np.int32),
         "pid": np.full(t.num_rows, -1, dtype=np.int32) if "pid" not in t.column_names
         else t.column("pid").to_numpy().astype(np.int32),
-        "comm": t.column("comm").to_pandas().astype("string"),
+        "comm": _text(t.column("comm")),
     }
 
 
@@ -218,16 +228,16 @@ def decode_kprobes(t: pa.Table) -> tuple[pd.DataFrame, pa.Table]:
             col = pd.array(vals.view(np.int64), dtype="Int64")
         col[~valid] = pd.NA
         out[f"arg_{canon}"] = col
-    out["args"] = pd.Series(args.to_pandas(), dtype="string")
+    out["args"] = _text(args)
     return pd.DataFrame(out), rest
 
 
 def decode_markers(t: pa.Table) -> pd.DataFrame:
     """Any other event -> MARKERS frame with its raw fields in `detail`."""
     out = _common(t)
-    out["event"] = pd.Series(t.column("event").to_pandas(), dtype="string")
-    out["function"] = pd.Series([pd.NA] * t.num_rows, dtype="string")
-    out["detail"] = pd.Series(t.column("body").to_pandas(), dtype="string")
+    out["event"] = _text(t.column("event"))
+    out["function"] = pd.Series(pd.array([None] * t.num_rows, dtype=TEXT))
+    out["detail"] = _text(t.column("body"))
     return pd.DataFrame(out)
 
 

@@ -11,7 +11,7 @@ from typing import BinaryIO, Iterator
 
 from tdptrace.errors import BadInput
 
-BLOCK_BYTES = 16 << 20
+BLOCK_BYTES = 8 << 20
 
 MAGIC = {
     b"\xfd7zXZ\x00": "xz",
