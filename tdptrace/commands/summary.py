@@ -17,13 +17,22 @@ def _us(ns: Any) -> str:
 
 
 def summary_cmd(
-    capture: Annotated[Path, typer.Argument(help="Capture directory (NAME.tdp).")],
+    captures: Annotated[list[Path], typer.Argument(help="Capture directory (NAME.tdp); several, or directories "
+                                                        "holding captures, give one row each and a fleet total.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary JSON object (METRICS.md contract).")]
     = False,
 ) -> None:
     """Zaps by level, yields and gaps per zap span, retained page tables, lost events."""
     import tdptrace
+    from tdptrace.metrics.fleet import find_captures
 
+    paths = find_captures(captures)
+    if len(captures) > 1 or paths != captures:
+        from tdptrace.commands.summary_many import summarize_many
+
+        summarize_many(paths, as_json)
+        return
+    capture = paths[0]
     s = tdptrace.open(capture).summary()
     if as_json:
         typer.echo(json.dumps(s, indent=1))
