@@ -38,6 +38,7 @@ SPTE_FALLBACK_FUNCTION = "__handle_changed_spte"
 KVMMMU_EVENTS: tuple[str, ...] = ("kvm_tdp_mmu_spte_changed", "kvm_mmu_get_page", "kvm_mmu_prepare_zap_page",
                                   "kvm_mmu_zap_all_fast", "kvm_mmu_split_huge_page")
 TRACEFS_DIRS: tuple[str, ...] = ("sys/kernel/tracing", "sys/kernel/debug/tracing")
+TRACEFS_MOUNT = "mount -t tracefs nodev /sys/kernel/tracing"
 
 # Compiler-generated clones keep the function's name with a suffix; they are what a probe must attach to.
 _SUFFIX = r"(?:\.(?:isra|constprop|part|cold|llvm)\.\d+|\.(?:isra|constprop|part|cold))*"
@@ -126,7 +127,7 @@ class HostReport:
         if self.exit_code == 0:
             return "record can give all three figures: " + ", ".join(FIGURE_TITLES[f] for f in FIGURES)
         if self.exit_code == 2:
-            return "record cannot record here: " + "; ".join(self.figure_notes[f] for f in FIGURES)
+            return "record cannot record here: " + "; ".join(dict.fromkeys(self.figure_notes[f] for f in FIGURES))
         have = ", ".join(FIGURE_TITLES[f] for f in FIGURES if self.figures_available[f])
         return f"record can give only {have}; missing: " + "; ".join(
             f"{FIGURE_TITLES[f]} ({self.figure_notes[f]})" for f in self.missing_figures)
@@ -148,6 +149,28 @@ class HostReport:
 
 
 # ---- small readers -----------------------------------------------------------------------------------
+# pathlib's is_dir()/is_file() raise on EACCES (tracefs is root-only): a check must never crash on it.
+
+def _is_dir(p: Path) -> bool:
+    try:
+        return p.is_dir()
+    except OSError:
+        return False
+
+
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except OSError:
+        return False
+
+
+def _exists(p: Path) -> bool:
+    try:
+        return p.exists()
+    except OSError:
+        return False
+
 
 def _read(p: Path) -> Optional[str]:
     try:
@@ -172,7 +195,7 @@ def find_tracefs(env: HostEnv) -> Optional[Path]:
     """The mounted tracefs directory (one that has events/), or None."""
     for rel in TRACEFS_DIRS:
         d = env.path(rel)
-        if (d / "events").is_dir():
+        if _is_dir(d / "events"):
             return d
     return None
 
@@ -252,7 +275,7 @@ def check_headers(env: HostEnv) -> Check:
     src_env = (env.environ or {}).get("BCC_KERNEL_SOURCE")
     if src_env:
         kpath, how = src_env, "BCC_KERNEL_SOURCE"
-    elif env.path(f"{kdir}/build").is_dir() and env.path(f"{kdir}/source").is_dir():
+    elif _is_dir(env.path(f"{kdir}/build")) and _is_dir(env.path(f"{kdir}/source")):
         kpath, how = f"{kdir}/source", "BCC reads source when build exists too"
     else:
         kpath, how = f"{kdir}/build", "build"
@@ -262,13 +285,13 @@ def check_headers(env: HostEnv) -> Check:
                 "apt install linux-headers-amd64 and link /lib/modules/$(uname -r)/build to "
                 "/usr/src/linux-headers-VER-amd64 and /lib/modules/$(uname -r)/source to "
                 "/usr/src/linux-headers-VER-common, or export BCC_KERNEL_SOURCE=<a complete header tree>")
-    if env.path(kpath + "/include/linux/kconfig.h").is_file():
+    if _is_file(env.path(kpath + "/include/linux/kconfig.h")):
         detail = f"{kpath} ({how})" if how != "build" else kpath
         target = _resolved(env, kpath)
         tree_rel = re.search(r"linux-headers-(\d+\.\d+[^/]*)", target or "")
         if tree_rel and not rel.startswith(re.sub(r"-(amd64|generic|common|cloud-amd64)$", "", tree_rel[1])):
             detail += f"; {tree_rel[1]} headers for a {rel} kernel (fine for tracepoints)"
-        if how.startswith("source") and not env.path(f"{kdir}/build/include/generated").is_dir():
+        if how.startswith("source") and not _is_dir(env.path(f"{kdir}/build/include/generated")):
             return Check("kernel headers", MISSING, f"{kpath} found but {kdir}/build lacks include/generated",
                          base_fix)
         return Check("kernel headers", OK, detail)
@@ -278,7 +301,7 @@ def check_headers(env: HostEnv) -> Check:
     m = re.search(r"(linux-headers-[^/]+?)-(amd64|arm64|generic|cloud-amd64|rt-amd64)$", target)
     if m:
         common = f"/usr/src/{m[1]}-common"
-        if env.path(common + "/include/linux/kconfig.h").is_file():
+        if _is_file(env.path(common + "/include/linux/kconfig.h")):
             return Check("kernel headers", MISSING,
                          f"{kpath} -> {target} has no include/linux/kconfig.h (that half is in {common}); "
                          + unable, f"ln -sfn {common} {kdir}/source")
@@ -305,30 +328,39 @@ def _resolved(env: HostEnv, path: str) -> Optional[str]:
 
 
 def check_btf(env: HostEnv) -> Check:
-    if env.path("/sys/kernel/btf/vmlinux").is_file():
+    if _is_file(env.path("/sys/kernel/btf/vmlinux")):
         return Check("BTF", OK, "/sys/kernel/btf/vmlinux")
     return Check("BTF", MISSING, "no /sys/kernel/btf/vmlinux: no fentry/fexit",
                  "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (kprobes do not need it)")
+
+
+def tracefs_mounts(env: HostEnv) -> list[str]:
+    """Mount points of tracefs listed in /proc/mounts."""
+    return re.findall(r"^\S+ (\S+) tracefs ", _read(env.path("/proc/mounts")) or "", re.M)
 
 
 def check_tracefs(env: HostEnv) -> tuple[Check, Optional[Path]]:
     d = find_tracefs(env)
     if d is not None:
         return Check("tracefs", OK, "/" + str(d.relative_to(env.root))), d
+    mounted = tracefs_mounts(env)
+    if mounted:
+        return (Check("tracefs", MISSING, f"mounted at {mounted[0]} but not readable by uid {env.euid}",
+                      "run as root: sudo .venv/bin/tdptrace ..."), None)
     return (Check("tracefs", MISSING, "tracefs is not mounted (no /sys/kernel/tracing/events)",
-                  "mount -t tracefs nodev /sys/kernel/tracing"), None)
+                  TRACEFS_MOUNT), None)
 
 
-def check_kprobes(env: HostEnv, tracefs: Optional[Path], config: Optional[dict[str, str]]) -> Check:
+def check_kprobes(env: HostEnv, tracefs: Optional[Path], config: Optional[dict[str, str]],
+                  tracefs_fix: str = TRACEFS_MOUNT) -> Check:
     cfg = "" if config is None else f"; CONFIG_KPROBES={config.get('CONFIG_KPROBES', 'n')}"
     fix = ("use a kernel built with CONFIG_KPROBES=y (this one cannot have kprobes), "
            "or the QEMU lab in LAB.md")
     if config is not None and config.get("CONFIG_KPROBES") != "y":
         return Check("kprobes", MISSING, f"kernel built without kprobes{cfg}", fix)
     if tracefs is None:
-        return Check("kprobes", MISSING, "unknown: tracefs not mounted" + cfg,
-                     "mount -t tracefs nodev /sys/kernel/tracing")
-    if (tracefs / "kprobe_events").exists():
+        return Check("kprobes", MISSING, "unknown without tracefs" + cfg, tracefs_fix)
+    if _exists(tracefs / "kprobe_events"):
         return Check("kprobes", OK, "kprobe_events present" + cfg)
     return Check("kprobes", MISSING, "no kprobe_events in tracefs" + cfg, fix)
 
@@ -415,12 +447,12 @@ def check_kvm(env: HostEnv) -> list[Check]:
     """KVM loaded, its vendor module, and whether the TDP MMU is in use."""
     rows: list[Check] = []
     mod = env.path("/sys/module")
-    if not (mod / "kvm").is_dir():
+    if not _is_dir(mod / "kvm"):
         rows.append(Check("kvm", MISSING, "KVM is not loaded (no /sys/module/kvm)",
                           "modprobe kvm_intel (Intel) or modprobe kvm_amd (AMD)"))
         return rows
     rows.append(Check("kvm", OK, "/sys/module/kvm"))
-    vendors = sorted(p.name for p in mod.glob("kvm_*") if p.is_dir())
+    vendors = sorted(p.name for p in mod.glob("kvm_*") if _is_dir(p))
     extra = []
     for v, param in (("kvm_intel", "ept"), ("kvm_amd", "npt")):
         val = _read(mod / v / "parameters" / param)
@@ -444,11 +476,11 @@ def check_kvm(env: HostEnv) -> list[Check]:
     return rows
 
 
-def check_tracepoints(tracefs: Optional[Path]) -> Check:
+def check_tracepoints(tracefs: Optional[Path],
+                      tracefs_fix: str = TRACEFS_MOUNT) -> Check:
     if tracefs is None:
-        return Check("kvmmmu tracepoints", MISSING, "unknown: tracefs not mounted",
-                     "mount -t tracefs nodev /sys/kernel/tracing")
-    present = [e for e in KVMMMU_EVENTS if (tracefs / "events" / "kvmmmu" / e).is_dir()]
+        return Check("kvmmmu tracepoints", MISSING, "unknown without tracefs", tracefs_fix)
+    present = [e for e in KVMMMU_EVENTS if _is_dir(tracefs / "events" / "kvmmmu" / e)]
     missing = [e for e in KVMMMU_EVENTS if e not in present]
     if not present:
         return Check("kvmmmu tracepoints", MISSING, "no events/kvmmmu (KVM not loaded?)",
@@ -461,7 +493,8 @@ def check_tracepoints(tracefs: Optional[Path]) -> Check:
                  (f"; missing {', '.join(missing)}" if missing else ""))
 
 
-def check_symbols(env: HostEnv, tracefs: Optional[Path]) -> tuple[list[Check], dict[str, list[str]]]:
+def check_symbols(env: HostEnv, tracefs: Optional[Path],
+                  tracefs_fix: str = TRACEFS_MOUNT) -> tuple[list[Check], dict[str, list[str]]]:
     """Zap and yield functions in /proc/kallsyms (with clone suffixes), and whether ftrace lists them."""
     names = ZAP_FUNCTIONS + YIELD_FUNCTIONS + (SPTE_FALLBACK_FUNCTION,)
     kallsyms = _read(env.path("/proc/kallsyms"))
@@ -482,7 +515,7 @@ def check_symbols(env: HostEnv, tracefs: Optional[Path]) -> tuple[list[Check], d
     if affs[0] is None:
         rows.append(Check("filter functions", WARN, f"available_filter_functions unreadable ({affs[1]}): "
                           "traceability of the functions above is unknown",
-                          "" if tracefs else "mount -t tracefs nodev /sys/kernel/tracing"))
+                          "" if tracefs else tracefs_fix))
     else:
         listed = find_listed(affs[0], names)
         wanted = [s for s in zaps + yields]
@@ -513,10 +546,10 @@ def check_host(env: Optional[HostEnv] = None) -> HostReport:
     headers = check_headers(env)
     btf = check_btf(env)
     tfs_row, tracefs = check_tracefs(env)
-    kprobes = check_kprobes(env, tracefs, config)
+    kprobes = check_kprobes(env, tracefs, config, tfs_row.fix)
     kvm_rows = check_kvm(env)
-    tps = check_tracepoints(tracefs)
-    sym_rows, symbols = check_symbols(env, tracefs)
+    tps = check_tracepoints(tracefs, tfs_row.fix)
+    sym_rows, symbols = check_symbols(env, tracefs, tfs_row.fix)
     zap_syms = {n: symbols.get(n, []) for n in ZAP_FUNCTIONS if symbols.get(n)}
     fentry = check_fentry(env, release, btf, bcc_mod, zap_syms)
     ring = check_ringbuf(release, bcc_mod)
@@ -531,7 +564,7 @@ def check_host(env: Optional[HostEnv] = None) -> HostReport:
         "kprobes": is_root and kprobes.ok and (ftrace_ok or bcc_ok),
         "fentry": bcc_ok and fentry.status == OK,
     }
-    have_spte_tp = tracefs is not None and (tracefs / "events/kvmmmu/kvm_tdp_mmu_spte_changed").is_dir()
+    have_spte_tp = tracefs is not None and _is_dir(tracefs / "events/kvmmmu/kvm_tdp_mmu_spte_changed")
     have_fallback = bool(symbols.get(SPTE_FALLBACK_FUNCTION)) and methods["kprobes"]
     attach_tp = methods["bcc_tracepoints"] or methods["ftrace"]
     zap_ok = (attach_tp and have_spte_tp) or have_fallback

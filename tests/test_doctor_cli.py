@@ -90,3 +90,22 @@ def test_live_doctor_matches_check_host() -> None:
     if os.geteuid() == 0 and Path("/sys/module/kvm_pvm").exists() \
             and not Path("/sys/kernel/tracing/kprobe_events").exists():
         assert rc == 1  # this development machine: tracepoints only
+
+
+@pytest.mark.live
+def test_live_doctor_unprivileged_exits_2_without_traceback() -> None:
+    """As an ordinary user (tracefs is root-only) doctor still prints its table and exits 2."""
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0:
+        kw: dict = {}
+    else:
+        kw = {"user": 65534, "group": 65534, "extra_groups": []}
+    res = subprocess.run([sys.executable, "-m", "tdptrace.cli", "doctor", "--json"], cwd="/",
+                         capture_output=True, text=True, timeout=120, **kw)
+    assert "Traceback" not in res.stderr, res.stderr
+    d = json.loads(res.stdout)
+    assert res.returncode == d["exit_code"] == 2 and d["verdict"] == "record cannot record here: not root"
+    root = next(c for c in d["checks"] if c["name"] == "root")
+    assert root["status"] == "missing" and "uid" in root["detail"]

@@ -304,3 +304,14 @@ def test_hostenv_defaults() -> None:
     e = HostEnv()
     assert e.live is True and e.euid == os.geteuid() and e.path("/proc/kallsyms") == Path("/proc/kallsyms")
     assert HostEnv(root=Path("/tmp")).live is False
+
+
+def test_tracefs_mounted_but_unreadable_says_so(fake: Path) -> None:
+    remove(fake / "sys/kernel/tracing")
+    write(fake / "proc/mounts", "proc /proc proc rw 0 0\nnodev /sys/kernel/tracing tracefs rw,relatime 0 0\n")
+    r = check_host(env(fake, euid=1000))
+    row = r.check("tracefs")
+    assert row.status == MISSING and row.detail == "mounted at /sys/kernel/tracing but not readable by uid 1000"
+    assert row.fix.startswith("run as root")
+    assert r.check("kvmmmu tracepoints").fix == row.fix  # dependent rows point at the same fix
+    assert r.verdict() == "record cannot record here: not root"
