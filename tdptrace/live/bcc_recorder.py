@@ -139,15 +139,15 @@ class BccRecorder:
         self.bpf = compile_program(self.defines)
         self._attach_kprobes()
         if self.opts.pids:
-            pids = self.bpf["pids"]
+            pids = self.bpf[b"pids"]
             for p in self.opts.pids:
                 pids[ctypes.c_uint(p)] = ctypes.c_ubyte(1)
         if self.defines["TDP_PERF_BUFFER"]:
-            self.events = PerfReader(self.bpf["events"], EVENT, self.opts.event_pages)
-            self.spans = PerfReader(self.bpf["spans"], SPAN, self.opts.span_pages)
+            self.events = PerfReader(self.bpf[b"events"], EVENT, self.opts.event_pages)
+            self.spans = PerfReader(self.bpf[b"spans"], SPAN, self.opts.span_pages)
         else:
-            self.events = RingReader(self.bpf["events"].map_fd, self.opts.event_pages * PAGE_SIZE, EVENT)
-            self.spans = RingReader(self.bpf["spans"].map_fd, self.opts.span_pages * PAGE_SIZE, SPAN)
+            self.events = RingReader(self.bpf[b"events"].map_fd, self.opts.event_pages * PAGE_SIZE, EVENT)
+            self.spans = RingReader(self.bpf[b"spans"].map_fd, self.opts.span_pages * PAGE_SIZE, SPAN)
         self._fill_probe_meta()
         self.writer.write_meta()
         self._t0 = self._last_flush = time.monotonic()
@@ -156,7 +156,7 @@ class BccRecorder:
         if not self.plan.spans:
             return
         b = self.bpf
-        args = b["func_args"]
+        args = b[b"func_args"]
         for i, f in enumerate(self.plan.span_functions):
             args[ctypes.c_int(i)] = args.Leaf.from_buffer_copy(f.args_record().tobytes())
             try:
@@ -248,7 +248,7 @@ class BccRecorder:
         return self.writer.path
 
     def _drops_per_cpu(self) -> dict[str, int]:
-        drops = self.bpf["drops"]
+        drops = self.bpf[b"drops"]
         out: Counter = Counter()
         for i in (0, 1):
             for cpu, n in enumerate(drops[ctypes.c_int(i)]):
@@ -267,23 +267,23 @@ class BccRecorder:
         b = self.bpf
         if self._zaps_known():
             totals = np.zeros(2 * len(LEVELS), dtype=np.int64)
-            zt = b["zap_totals"]
+            zt = b[b"zap_totals"]
             for i in range(len(totals)):
                 totals[i] = sum(int(v) for v in zt[ctypes.c_int(i)])
             if totals.any():  # none: leave zaps_by_level to the shadow-MMU page-table rule
                 events["zap_totals"] = {str(lv): {"leaf": int(totals[2 * (lv - 1)]),
                                                   "nonleaf": int(totals[2 * (lv - 1) + 1])}
                                         for lv in LEVELS if totals[2 * (lv - 1)] or totals[2 * (lv - 1) + 1]}
-            ret = b["retained"]
+            ret = b[b"retained"]
             events["retained_at_end"] = {str(lv): int(ret[ctypes.c_int(lv)].value) for lv in LEVELS
                                          if int(ret[ctypes.c_int(lv)].value)}
-        stats = b["stats"]
+        stats = b[b"stats"]
         problems = {"spans_too_deep": int(stats[ctypes.c_int(STAT_DEPTH_OVERFLOW)].value),
                     "tables_untracked": int(stats[ctypes.c_int(STAT_TABLES_FULL)].value),
                     "unmatched_returns": int(stats[ctypes.c_int(STAT_UNMATCHED_RETURN)].value)}
         events["recorder_errors"] = {k: v for k, v in problems.items() if v}
         if self.plan.spans:
-            owners = {int(k.value): int(v.value) for k, v in b["vm_owner"].items()}
+            owners = {int(k.value): int(v.value) for k, v in b[b"vm_owner"].items()}
             events["vm_owner"] = {self.hasher.one(k): v for k, v in owners.items()}
         self.meta.events = events
         if final and total:
@@ -293,7 +293,7 @@ class BccRecorder:
         if not self._stack_ids or not self.defines["TDP_STACKS"]:
             return
         assert self.writer is not None
-        table = self.bpf["stack_traces"]
+        table = self.bpf[b"stack_traces"]
         rows = []
         for sid in sorted(self._stack_ids):
             try:

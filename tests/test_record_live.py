@@ -1,0 +1,189 @@
+"""`tdptrace record` on this host (root, /dev/kvm, tracefs): what it records of `tdptrace exercise` equals what
+a tracefs instance sees at the same time, nothing is lost, and every way of stopping leaves a valid capture."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import tdptrace
+
+TDPTRACE = [sys.executable, "-m", "tdptrace.cli"]
+EVENTS = ("kvm_tdp_mmu_spte_changed", "kvm_mmu_get_page", "kvm_mmu_prepare_zap_page", "kvm_mmu_zap_all_fast",
+          "kvm_mmu_split_huge_page")
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+def _need_live() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("record needs root")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("no usable /dev/kvm, so no KVM activity to record")
+    if not (TRACEFS / "events" / "kvmmmu").is_dir():
+        pytest.skip("tracefs with kvmmmu events is not mounted at /sys/kernel/tracing")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        pytest.skip("bcc (python3-bpfcc) is not installed")
+
+
+class TracefsWitness:
+    """A private tracefs instance recording the same kvmmmu events: the ground truth to compare with."""
+
+    def __init__(self, name: str) -> None:
+        self.dir = TRACEFS / "instances" / name
+
+    def __enter__(self) -> "TracefsWitness":
+        self.dir.mkdir()
+        (self.dir / "buffer_size_kb").write_text("8192")
+        (self.dir / "options" / "record-tgid").write_text("1")
+        for e in EVENTS:
+            p = self.dir / "events" / "kvmmmu" / e / "enable"
+            if p.exists():
+                p.write_text("1")
+        return self
+
+    def stop(self, out: Path) -> Path:
+        (self.dir / "tracing_on").write_text("0")
+        out.write_bytes((self.dir / "trace").read_bytes())
+        return out
+
+    def __exit__(self, *exc) -> None:
+        (self.dir / "events" / "enable").write_text("0")
+        self.dir.rmdir()
+
+
+def _counts(cap, pid: int) -> dict[str, int]:
+    pt = cap.page_tables
+    pt = pt[pt["pid"] == pid]
+    out = {f"{k}_l{lv}": int(n) for (k, lv), n in pt.groupby(["kind", "level"]).size().items()}
+    m = cap.markers
+    m = m[m["pid"] == pid]
+    out |= {f"marker:{e}": int(n) for e, n in m["event"].value_counts().items()}
+    s = cap.sptes
+    out["sptes"] = int((s["pid"] == pid).sum())
+    return out
+
+
+@pytest.mark.live
+def test_record_exercise_equals_a_tracefs_witness(tmp_path):
+    _need_live()
+    cap_path = tmp_path / "exercise.tdp"
+    with TracefsWitness(f"tdptrace-test-{os.getpid()}") as w:
+        run = subprocess.run(TDPTRACE + ["record", "-q", "--sptes", "-o", str(cap_path), "--",
+                                         *TDPTRACE, "exercise", "--json"],
+                             capture_output=True, text=True, timeout=300)
+        text = w.stop(tmp_path / "witness.txt")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    pid = report["pid"]
+    cap = tdptrace.open(cap_path)
+    meta = cap.meta
+    assert cap.complete and meta.source["kind"] == "bcc" and meta.source["stopped_by"] == "command exited"
+    assert meta.lost_events["total"] == 0
+    from tdptrace.importers import import_file
+
+    import_file(text, tmp_path / "witness.tdp", kernel_release=os.uname().release)
+    witness = tdptrace.open(tmp_path / "witness.tdp")
+    got, want = _counts(cap, pid), _counts(witness, pid)
+    assert got == want
+    # The exercise deletes one memslot: exactly one fast zap; the VM's page tables are all freed at the end.
+    assert got["marker:kvm_mmu_zap_all_fast"] == 1
+    assert sum(v for k, v in got.items() if k.startswith("free_")) >= 1
+    s = cap.summary()
+    assert s["lost_events"] == 0
+    assert s["page_tables"]["allocated"] == sum(v for k, v in want.items() if k.startswith("alloc_"))
+    attached = meta.probes["attached"]
+    assert "tracepoint:kvmmmu:kvm_mmu_zap_all_fast" in attached
+    if not meta.capabilities["spans"]:  # this host: tracepoints only, and the capture says what it lacks
+        assert s["spans"] == [] and "unavailable" in s["yields"]
+        assert any("unavailable" in n for n in meta.notes)
+        assert any(m["reason"] == "no kprobes on this kernel" for m in meta.probes["missing"])
+
+
+def _start_recording(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
+    cap = tmp_path / "run.tdp"
+    p = subprocess.Popen(TDPTRACE + ["record", "-q", "-o", str(cap), *extra], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # meta.json lists the probes once they are attached
+        mp = cap / "meta.json"
+        if mp.exists() and json.loads(mp.read_text())["probes"]["attached"]:
+            return p, cap
+        time.sleep(0.1)
+    p.kill()
+    pytest.fail(f"record did not start: {p.stderr.read() if p.stderr else ''}")
+
+
+def _exercise() -> int:
+    out = subprocess.run(TDPTRACE + ["exercise", "--json"], capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(out.stdout)["pid"]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_leaves_a_complete_capture(tmp_path, sig):
+    _need_live()
+    p, cap_path = _start_recording(tmp_path, "--sptes")
+    pid = _exercise()
+    p.send_signal(sig)
+    assert p.wait(60) == 0, p.stderr.read() if p.stderr else ""
+    cap = tdptrace.open(cap_path)
+    assert cap.complete and cap.meta.source["stopped_by"] == sig.name
+    assert (cap.markers["pid"] == pid).sum() == 1  # the exercise's one fast zap
+    assert cap.summary()["lost_events"] == 0
+
+
+@pytest.mark.live
+def test_sigkill_keeps_every_flushed_chunk(tmp_path):
+    _need_live()
+    p, cap_path = _start_recording(tmp_path)
+    pid = _exercise()
+    time.sleep(2.5)  # chunks are flushed every second
+    p.send_signal(signal.SIGKILL)
+    p.wait(30)
+    cap = tdptrace.open(cap_path)
+    assert not cap.complete
+    assert (cap.markers["pid"] == pid).sum() == 1
+    s = cap.summary()
+    assert any("incomplete" in n for n in s["notes"])
+
+
+@pytest.mark.live
+def test_duration_stops_the_recording(tmp_path):
+    _need_live()
+    t0 = time.monotonic()
+    run = subprocess.run(TDPTRACE + ["record", "-q", "-d", "1s", "-o", str(tmp_path / "d.tdp")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert time.monotonic() - t0 >= 1.0
+    assert tdptrace.open(tmp_path / "d.tdp").meta.source["stopped_by"] == "duration"
+
+
+def test_ebpf_prints_the_program_with_its_settings():
+    run = subprocess.run(TDPTRACE + ["record", "--ebpf", "--sptes", "-o", "/nonexistent/x.tdp"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "#define TDP_WITH_SPTES 1" in run.stdout
+    assert "TRACEPOINT_PROBE(kvmmmu, kvm_mmu_get_page)" in run.stdout
+    assert "struct tdp_event {" in run.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-d", "soon"], "is not a duration"),
+    (["-p", "12x"], "is not a list of process ids"),
+    (["-p", "4194303"], "no such process"),
+    (["--backend", "dtrace"], "is unknown"),
+])
+def test_bad_options_give_one_line_and_fail(args, needle):
+    run = subprocess.run(TDPTRACE + ["record", *args, "-o", "/tmp/never.tdp"], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 2
+    assert needle in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in run.stderr
