@@ -29,6 +29,8 @@ def serve_cmd(
                                                 "older than this.")] = 48.0,
     retain_mib: Annotated[int, typer.Option("--retain-mib", help="With --record-dir: keep the directory under "
                                             "this size, oldest captures go first.")] = 2048,
+    roll_seconds: Annotated[float, typer.Option("--roll-seconds", hidden=True, help="With --record-dir: "
+                                                "seconds per capture (default one hour).")] = 3600.0,
     duration: Annotated[Optional[float], typer.Option("--duration", metavar="SECONDS", hidden=True,
                                                       help="Stop after this long (tests, benchmarks).")] = None,
     ebpf: Annotated[bool, typer.Option("--ebpf", hidden=True, help="Print the BPF program and exit.")] = False,
@@ -49,7 +51,8 @@ def serve_cmd(
     if record_dir is not None:
         from tdptrace.rolling import CaptureRoller
 
-        roller = CaptureRoller(record_dir, retain_hours=retain_hours, retain_bytes=retain_mib << 20)
+        roller = CaptureRoller(record_dir, retain_hours=retain_hours, retain_bytes=retain_mib << 20,
+                               period_s=roll_seconds)
     reader = StatsReader(pid=pid, spans=spans, forget_after_s=forget_after)
     poller = Poller(reader.read, reader.release, interval)
     stop = threading.Event()
