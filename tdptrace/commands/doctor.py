@@ -23,7 +23,10 @@ def doctor_cmd(
     root: Annotated[Path, typer.Option("--root", hidden=True, help="Read /proc, /sys, /lib/modules below "
                                        "this directory (tests).")] = Path("/"),
 ) -> None:
-    """Check root, bcc, kernel headers, BTF, tracefs, kprobes, fentry, KVM and its zap functions."""
+    """Check root, bcc, kernel headers, BTF, tracefs, kprobes, fentry, KVM and its zap functions.
+
+    Exit status: 0 record can give all three figures, 1 only some (the missing ones are named), 2 none.
+    """
     from tdptrace.host import HostEnv, check_host
 
     report = check_host(HostEnv(root=root))
