@@ -135,11 +135,13 @@ def plot_gap_distribution(caps: Captures, threshold_ns: int = DEFAULT_THRESHOLD_
                     color=[CAPTURE_COLORS[j % len(CAPTURE_COLORS)] for j in range(len(by_fn))], alpha=0.85)
         else:
             ax.hist(v, bins=bins, histtype="step", linewidth=2, color=CAPTURE_COLORS[i % len(CAPTURE_COLORS)],
-                    label=f"{lab}: {len(v)} gaps, max {_ms_formatter(v.max(), 0)}")
+                    label=f"{lab}: {len(v)} gaps, max {fmt_ns(v.max() * 1e6)}, {int((v > thr_ms).sum())} above "
+                          "threshold")
     ax.axvline(thr_ms, **THRESHOLD_STYLE, label=f"threshold {_ms_formatter(thr_ms, 0)}")
-    above = int((allv > thr_ms).sum())
-    ax.text(thr_ms * 1.08, 0.97, f"{above} above", transform=ax.get_xaxis_transform(), va="top",
-            color=THRESHOLD_STYLE["color"], fontsize=9)
+    if single:
+        above = int((allv > thr_ms).sum())
+        ax.text(thr_ms * 1.08, 0.97, f"{above} above", transform=ax.get_xaxis_transform(), va="top",
+                color=THRESHOLD_STYLE["color"], fontsize=9)
     ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # room for the legend above the tallest bar
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(_ms_formatter))
@@ -153,7 +155,7 @@ def plot_gap_distribution(caps: Captures, threshold_ns: int = DEFAULT_THRESHOLD_
 
 def plot_span_timeline(caps: Captures, threshold_ns: int = DEFAULT_THRESHOLD_NS) -> Figure:
     """Each zap span as a bar from its start to its end at the height of its longest gap, marker by function
-    (time in seconds from the start of the capture; log y)."""
+    (time in seconds from the first zap span, so overlaid captures line up; log y)."""
     labelled = _labelled(caps)
     fig, ax = _new_figure()
     ax.set_title("Zap spans over time: longest hold of mmu_lock without a yield")
@@ -167,7 +169,8 @@ def plot_span_timeline(caps: Captures, threshold_ns: int = DEFAULT_THRESHOLD_NS)
     single = len(labelled) == 1
     for i, (lab, c) in enumerate(labelled.items()):
         sp = c.spans
-        t0, t_end = capture_bounds(c)
+        _, t_end = capture_bounds(c)
+        t0 = int(sp["ts"].min())  # align captures on their first zap span
         st = _gaps_ms(c)
         per_span = st.groupby("span_id")["gap_ms"].max()
         sp = sp.set_index("span_id").loc[per_span.index]
@@ -201,7 +204,7 @@ def plot_span_timeline(caps: Captures, threshold_ns: int = DEFAULT_THRESHOLD_NS)
     ax.set_ylim(ymin / 2, ymax * 3)
     ax.yaxis.set_major_locator(LogLocator(base=10))
     ax.yaxis.set_major_formatter(FuncFormatter(_ms_formatter))
-    ax.set_xlabel("time since the start of the capture (s); bar = span start to end")
+    ax.set_xlabel("time since the first zap span (s); bar = span start to end")
     ax.set_ylabel("longest gap without a yield (log scale)")
     ax.legend(loc="best", frameon=False, fontsize=9)
     ax.grid(alpha=0.3, which="major")
