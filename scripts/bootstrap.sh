@@ -38,15 +38,24 @@ if ((${#missing[@]})); then
     log "apt-get install ${missing[*]} failed"; exit 1; }
 fi
 
-# BCC looks for headers at /lib/modules/$(uname -r)/build; custom kernels (Firecracker, cloud images)
-# often ship none. Point it at the newest installed Debian/Ubuntu header tree.
-if [ ! -e "/lib/modules/$krel/build/include" ]; then
+# BCC looks for headers at /lib/modules/$(uname -r)/build (generated headers) and .../source (the rest).
+# Custom kernels (Firecracker, cloud images) often ship none: point both at the newest installed
+# Debian/Ubuntu header tree. Debian splits it in two: linux-headers-X-amd64 (build) and -X-common (source).
+# Links we made before are refreshed; a real header tree (a regular directory) is never touched.
+managed() { [ ! -e "$1" ] || { [ -L "$1" ] && readlink "$1" | grep -q '^/usr/src/linux-headers-'; }; }
+if [ ! -d "/usr/src/linux-headers-$krel" ] && managed "/lib/modules/$krel/build" && managed "/lib/modules/$krel/source"; then
   hdr=$(ls -d /usr/src/linux-headers-*-amd64 /usr/src/linux-headers-*-generic 2>/dev/null | sort -V | tail -n 1 || true)
   if [ -n "$hdr" ]; then
-    log "linking /lib/modules/$krel/build and /source to $hdr"
-    mkdir -p "/lib/modules/$krel"
-    ln -sfn "$hdr" "/lib/modules/$krel/build"
-    ln -sfn "$hdr" "/lib/modules/$krel/source"
+    src=$hdr
+    case "$hdr" in
+      *-amd64) [ -d "${hdr%-amd64}-common" ] && src="${hdr%-amd64}-common" ;;
+    esac
+    if [ "$(readlink "/lib/modules/$krel/build")" != "$hdr" ] || [ "$(readlink "/lib/modules/$krel/source")" != "$src" ]; then
+      log "linking /lib/modules/$krel/build to $hdr and /source to $src"
+      mkdir -p "/lib/modules/$krel"
+      ln -sfn "$hdr" "/lib/modules/$krel/build"
+      ln -sfn "$src" "/lib/modules/$krel/source"
+    fi
   else
     log "no kernel header tree found under /usr/src; BCC will not compile (tdptrace record --backend ftrace still works)"
   fi
