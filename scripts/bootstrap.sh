@@ -74,8 +74,13 @@ fi
 stamp=.venv/.tdptrace-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   log "installing tdptrace into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e ".[test,serve]"
+  piplog=$(mktemp)
+  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".[test,serve]"; } \
+      >"$piplog" 2>&1; then
+    cat "$piplog" >&2; rm -f "$piplog"
+    log "pip install failed (output above)"; exit 1
+  fi
+  rm -f "$piplog"
   touch "$stamp"
 fi
 .venv/bin/python -c 'import bcc' 2>/dev/null || log "warning: bcc is not importable from .venv (python3-bpfcc missing?)"
