@@ -224,8 +224,11 @@ def plot_retained_tables(caps: Captures) -> Figure:
         if not len(c.sptes):
             continue
         t0, t_end = capture_bounds(c)
+        if len(c.spans):  # the same time origin as the span timeline
+            t0 = int(c.spans["ts"].min())
         ch = df_retained(c)
-        x = np.concatenate([[0.0], (ch["ts"].to_numpy(np.int64) - t0) / 1e9, [(t_end - t0) / 1e9]])
+        t_first, _ = capture_bounds(c)
+        x = np.concatenate([[(t_first - t0) / 1e9], (ch["ts"].to_numpy(np.int64) - t0) / 1e9, [(t_end - t0) / 1e9]])
         y = np.concatenate([[0], ch["retained"].to_numpy(np.int64),
                             [ch["retained"].iloc[-1] if len(ch) else 0]])
         top = max(top, int(y.max()))
@@ -233,7 +236,7 @@ def plot_retained_tables(caps: Captures) -> Figure:
         ax.step(x, y, where="post", color=CAPTURE_COLORS[i % len(CAPTURE_COLORS)], linewidth=2,
                 label=f"{lab}: peak {peak} tables ({peak * PAGE_SIZE // 1024} KiB), {int(y[-1])} at end")
     ax.set_ylim(0, top * 1.25)
-    ax.set_xlabel("time since the start of the capture (s)")
+    ax.set_xlabel("time relative to the first zap span (s; the capture's start when it has no spans)")
     ax.set_ylabel("retained tables")
     mem = ax.secondary_yaxis("right", functions=(lambda n: n * PAGE_SIZE / 1024, lambda k: k * 1024 / PAGE_SIZE))
     mem.set_ylabel("memory (KiB, 4 KiB per table)")
