@@ -14,7 +14,6 @@ import pandas as pd
 
 from tdptrace.capture import Capture
 from tdptrace.durations import fmt_ns
-from tdptrace.metrics.gaps import df_gaps
 from tdptrace.metrics.retained import retained_summary
 from tdptrace.metrics.zaps import zaps_by_level
 from tdptrace.operations import LEAF_ZAP, ROOT_TEARDOWN, df_operations

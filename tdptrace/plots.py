@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import pandas as pd
@@ -18,14 +19,12 @@ from matplotlib.ticker import FuncFormatter, LogLocator
 
 from tdptrace.capture import Capture
 from tdptrace.durations import fmt_ns
-from tdptrace.metrics.gaps import df_gaps
 from tdptrace.metrics.retained import df_retained
 from tdptrace.metrics.zaps import zaps_by_level
-from tdptrace.schema import LEVELS
 from tdptrace.spte import PAGE_SIZE
 from tdptrace.triage import DEFAULT_THRESHOLD_NS, LEVEL_SIZE, capture_bounds, df_stretches
 
-Captures = Capture | Mapping[str, Capture]
+Captures = Union[Capture, Mapping[str, Capture]]
 FIGSIZE = (9.0, 4.8)
 DPI = 110
 LEAF_COLOR, NONLEAF_COLOR = "#4c72b0", "#dd8452"
@@ -274,4 +273,4 @@ def png_bytes(fig: Figure) -> bytes:
 
 
 __all__ = ["FIGURES", "figures", "save_figures", "png_bytes", "plot_zaps_by_level", "plot_gap_distribution",
-           "plot_span_timeline", "plot_retained_tables", "LEVELS"]
+           "plot_span_timeline", "plot_retained_tables"]

@@ -207,7 +207,8 @@ def test_triage_modules_import_neither_typer_nor_matplotlib():
     import subprocess
     import sys
 
-    code = ("import sys\nimport tdptrace.triage, tdptrace.dmesg, tdptrace.clockmap\n"
+    code = ("import sys\nimport tdptrace.triage, tdptrace.dmesg, tdptrace.clockmap, tdptrace.compare, "
+            "tdptrace.operations, tdptrace.durations\n"
             "print(','.join(m for m in ('typer', 'matplotlib', 'rich') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
