@@ -13,7 +13,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-pkgs=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools xz-utils zstd)
+pkgs=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools xz-utils zstd trace-cmd linux-perf)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
