@@ -44,8 +44,9 @@ class Scenario:
 
     @property
     def guest_mib(self) -> int:
-        """L1 guest RAM: the L2 memory, both CPUs' trace buffers, and room for the kernel and the dump."""
-        return max(2048, self.mib + 2 * self.buffer_kb // 1024 + 1024)
+        """L1 guest RAM: the L2 memory, both CPUs' trace buffers, the text dump (formatted into RAM before it
+        is copied out; about one buffer's size) and room for the kernel."""
+        return max(2048, self.mib + 3 * self.buffer_kb // 1024 + 768)
 
     @property
     def timeout_s(self) -> float:
