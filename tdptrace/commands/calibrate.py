@@ -1,0 +1,46 @@
+"""`tdptrace calibrate CAPTURE... -o cost.json`: fit the simulator's cost model from real captures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("calibrate")(calibrate_cmd)
+
+
+def calibrate_cmd(
+    captures: Annotated[list[Path], typer.Argument(help="Captures with zap spans and SPTE events (lab or host).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Cost model JSON to write.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file at -o.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the fitted model as JSON.")] = False,
+) -> None:
+    """Fit ns per leaf zap, per non-leaf zap, per table freed, per yield and per call from captures."""
+    import tdptrace
+    from tdptrace.errors import BadInput
+    from tdptrace.sim.costs import FIT_TERMS, TERM_FIELDS, CostModel, fit
+
+    if output.exists() and not force:
+        raise BadInput(f"{output} already exists", "choose another -o or pass --force to replace it")
+    if not output.parent.exists():
+        raise BadInput(f"directory {output.parent} does not exist", "create it first or choose another -o")
+    parts = []
+    for p in captures:
+        cap = tdptrace.open(p)
+        pt = cap.page_tables
+        parts.append((cap.spans, pt[pt["kind"] == "free"]))
+    model, stats = fit(parts, [str(p) for p in captures])
+    model.save(output)
+    if as_json:
+        typer.echo(json.dumps(model.to_dict(), indent=1))
+        return
+    default = CostModel()
+    typer.echo(f"{output}: fitted from {stats['spans']} zap spans in {len(captures)} capture(s); "
+               f"rms residual {stats['residual_rms_ns'] / 1000:,.1f} us")
+    typer.echo(f"  {'term':<16}{'fitted ns':>12}{'default ns':>12}")
+    for k in (*(f for t in FIT_TERMS for f in TERM_FIELDS[t]), "iter_ns"):
+        mark = "" if stats["identified"].get(k, False) else "  (not in the data: default x scale)"
+        typer.echo(f"  {k:<16}{getattr(model, k):>12,.1f}{getattr(default, k):>12,.1f}{mark}")
