@@ -1,0 +1,40 @@
+"""Lab fixtures: each scenario of the matrix boots once per test session; tests share its LabRun."""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import pytest
+
+from tdptrace.lab.host import missing_host_packages
+from tdptrace.lab.run import LabRun, run
+from tdptrace.lab.scenario import Scenario
+
+KERNELS = ("5.10", "6.1", "6.12")
+# 4K backing under CPU contention (so that zaps yield) and 2M backing without. 512 MiB is what it takes for
+# the root teardown's longest stretch to stand well above TCG's timing noise (LAB.md).
+HOG_MIB = 512
+THP_MIB = 256
+
+
+def hog_scenario(kernel: str) -> Scenario:
+    return Scenario(kernel=kernel, mib=HOG_MIB, thp=False, hog=True)
+
+
+def thp_scenario(kernel: str) -> Scenario:
+    return Scenario(kernel=kernel, mib=THP_MIB, thp=True, hog=False)
+
+
+@pytest.fixture(scope="session")
+def lab_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Scenario], LabRun]:
+    """Run a scenario (once per session) with its results under pytest's tmp dir."""
+    if os.geteuid() != 0 and missing_host_packages():
+        pytest.skip(f"the lab needs root to install {' '.join(missing_host_packages())}")
+    done: dict[Scenario, LabRun] = {}
+
+    def get(sc: Scenario) -> LabRun:
+        if sc not in done:
+            done[sc] = run(sc, tmp_path_factory.mktemp(sc.name))
+        return done[sc]
+
+    return get

