@@ -3,7 +3,8 @@
 A background thread reads the BPF maps every `interval` seconds and publishes an immutable `Published`
 value; a scrape only turns the latest one into metric families. Scrapes never touch the maps or take a lock
 the reader holds, so a slow or frequent scraper cannot stall the reading, and a stuck reader shows up as a
-growing tdptrace_snapshot_age_seconds instead of a hanging scrape.
+growing time() - tdptrace_snapshot_timestamp_seconds instead of a hanging scrape. Families are built once per
+snapshot and reused by every scrape of it.
 """
 from __future__ import annotations
 
@@ -53,15 +54,24 @@ class StatsCollector:
 
     def __init__(self, current: Callable[[], Optional[Published]]) -> None:
         self.current = current
+        self._cache: tuple[Optional[Published], list] = (None, [])
 
     def describe(self) -> list:
         return []  # families depend on what the kernel supports; skip registry-time collection
 
     def collect(self) -> Iterator[Any]:
+        """The families of the latest snapshot, built once per snapshot however often it is scraped."""
+        pub = self.current()
+        cached_pub, fams = self._cache
+        if pub is None or pub is not cached_pub:
+            fams = list(self._families(pub))
+            self._cache = (pub, fams)  # one tuple assignment: concurrent scrapes see old or new, never half
+        return iter(fams)
+
+    def _families(self, pub: Optional[Published]) -> Iterator[Any]:
         from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                             InfoMetricFamily)
 
-        pub = self.current()
         info = InfoMetricFamily(f"{PREFIX}_build", "tdptrace version and the kernel it watches",
                                 labels=["version", "kernel", "tdp_mmu", "spans"])
         if pub is None:
@@ -135,8 +145,8 @@ class StatsCollector:
             lost.add_metric([reason], float(n))
         yield lost
         yield GaugeMetricFamily(f"{PREFIX}_vms", "VMs (processes) with counters", value=len(snap.vms))
-        yield GaugeMetricFamily(f"{PREFIX}_snapshot_age_seconds", "seconds since the maps were last read",
-                                value=max(0.0, time.time() - snap.unix_s))
+        yield GaugeMetricFamily(f"{PREFIX}_snapshot_timestamp_seconds", "unix time of the last read of the maps "
+                                "(time() minus this = staleness)", value=snap.unix_s)
         yield CounterMetricFamily(f"{PREFIX}_map_reads", "times the BPF maps were read", value=pub.reads)
         yield CounterMetricFamily(f"{PREFIX}_map_read_errors", "failed reads of the BPF maps",
                                   value=pub.read_errors)

@@ -148,6 +148,7 @@ def test_exporter_counts_what_the_exercise_did_as_tracefs_saw_it():
         assert samples(fams, "tdptrace_build_info", "tdptrace_build_info")
         with TracefsCounter("tdptrace-test-serve") as truth:
             report = run_exercise(32)
+            ended = time.time()
             pid = str(report["pid"])
             truth.stop()
             want = truth.counts(report["pid"])
@@ -157,10 +158,12 @@ def test_exporter_counts_what_the_exercise_did_as_tracefs_saw_it():
         deadline = time.monotonic() + 10
         while True:  # the poller publishes every 0.2 s; wait for a snapshot taken after the exercise ended
             fams = families(_scrape(port))
-            fast = samples(fams, "tdptrace_zap_all_fast", "tdptrace_zap_all_fast_total", **vm)
-            if fast and fast[0].value == want["zap_all_fast"] or time.monotonic() > deadline:
+            taken = fams["tdptrace_snapshot_timestamp_seconds"].samples[0].value
+            if taken > ended:
                 break
+            assert time.monotonic() < deadline, "no fresh snapshot"
             time.sleep(0.2)
+        fast = samples(fams, "tdptrace_zap_all_fast", "tdptrace_zap_all_fast_total", **vm)
         assert fast and fast[0].value == want["zap_all_fast"]
         alloc = sum(s.value for s in samples(fams, "tdptrace_page_tables_allocated",
                                              "tdptrace_page_tables_allocated_total", **vm))
@@ -179,3 +182,15 @@ def test_exporter_counts_what_the_exercise_did_as_tracefs_saw_it():
             serve.kill()
             raise
     assert rc == 0, serve.stderr.read()
+
+
+def test_families_are_built_once_per_snapshot():
+    pubs = [Published(_snapshot(True), "k", 1, 0, 0.0)]
+    col = StatsCollector(lambda: pubs[-1])
+    first = list(col.collect())
+    assert list(col.collect())[0] is first[0]
+    pubs.append(Published(_snapshot(True), "k", 2, 0, 0.0))
+    again = list(col.collect())
+    assert again[0] is not first[0]
+    reads = [s.value for f in again if f.name == "tdptrace_map_reads" for s in f.samples]
+    assert reads == [2]

@@ -27,6 +27,7 @@ def test_top_once_json_reports_the_exercise_and_p_filters_in_the_kernel():
     top_other = _start_top("8", "--once", "--json", "-p", "1")
     with TracefsCounter("tdptrace-test-top") as truth:
         report = run_exercise(32)
+        ended = time.time()
         truth.stop()
         want = truth.counts(report["pid"])
     out_all, err_all = top_all.communicate(timeout=60)
@@ -36,6 +37,7 @@ def test_top_once_json_reports_the_exercise_and_p_filters_in_the_kernel():
     assert len(objs) == 1  # --once: exactly one interval
     obj = objs[0]
     assert 7.5 < obj["interval_s"] < 12
+    assert ended < obj["time"], "the exercise outlasted top's interval (machine overloaded?)"
     mine = [v for v in obj["vms"] if v["pid"] == report["pid"]]
     assert len(mine) == 1, obj["vms"]
     vm = mine[0]

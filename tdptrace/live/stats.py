@@ -254,7 +254,9 @@ class StatsReader:
     def read(self) -> Snapshot:
         """Totals per VM since load (sum over CPUs), the per-interval max gap, and lost updates."""
         b = self.bpf
-        now = time.monotonic()
+        # Stamped before reading: every event before these instants is in this snapshot.
+        mono_ns, unix_s = time.monotonic_ns(), time.time()
+        now = mono_ns / 1e9
         comms = {int(k.value): bytes(v.comm).split(b"\0", 1)[0].decode(errors="replace")
                  for k, v in b["vm_comm"].items()}
         imax: dict[int, int] = {}
@@ -277,7 +279,7 @@ class StatsReader:
             vms[vm] = VmTotals(vm, self._comm(vm, comms.get(vm, "?")), words, imax.get(vm, 0))
         lost_raw = b["lost"]
         lost = {name: int(sum(int(x) for x in lost_raw[lost_raw.Key(i)])) for i, name in LOST_REASONS.items()}
-        return Snapshot(time.monotonic_ns(), time.time(), vms, lost, self.features)
+        return Snapshot(mono_ns, unix_s, vms, lost, self.features)
 
     def close(self) -> None:
         self.bpf.cleanup()
