@@ -1,0 +1,1 @@
+"""Lab tests: stock kernels booted under QEMU (pytest -m lab)."""
