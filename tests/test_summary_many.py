@@ -88,3 +88,26 @@ def test_empty_directory_and_missing_capture_are_one_line_errors(tmp_path, capsy
     with pytest.raises(Exception):
         find_captures([tmp_path / "empty"])
     assert main(["summary", str(tmp_path / "nope.tdp"), str(tmp_path / "empty")]) == 2
+
+
+def test_readme_duckdb_query_agrees_with_the_fleet_total(reference_captures, tmp_path, monkeypatch):
+    duckdb = pytest.importorskip("duckdb", reason="DuckDB is not installed")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    sql = readme.split("## Fleet monitoring", 1)[1].split("```sql\n", 1)[1].split("```", 1)[0]
+    root = tmp_path / "captures"
+    root.mkdir()
+    for name, cap in reference_captures.items():  # captures/<host>-<name>.tdp, flat as in the README
+        dst = root / f"{HOSTS[name]}-{name}.tdp"
+        shutil.copytree(cap, dst)
+        meta = json.loads((dst / "meta.json").read_text())
+        meta["host"] = {"hostname": HOSTS[name], "machine": "x86_64"}
+        (dst / "meta.json").write_text(json.dumps(meta))
+    monkeypatch.chdir(tmp_path)
+    rows = {r[0]: r for r in duckdb.sql(sql).fetchall()}
+    fleet = _json([str(root)])["fleet"]["by_host"]
+    assert set(rows) == set(fleet) == {"host-a", "host-b"}
+    for host, (_, captures, spans, yields, max_gap_ms, _over, leaf_4k) in rows.items():
+        f = fleet[host]
+        assert captures == f["captures"] and spans == f["yields"]["spans"] and yields == f["yields"]["count"]
+        assert max_gap_ms == round(f["yields"]["max_gap_ns"] / 1e6, 1)
+        assert leaf_4k == f["zaps_by_level"]["1"]["leaf"]
