@@ -12,6 +12,7 @@
  *   TDP_EVENT_PAGES, TDP_SPAN_PAGES   ring buffer pages for tdp_event / tdp_span records (powers of two)
  *   TDP_WAKEUP           0 = no wakeup per record (user space drains on a timer), 1 = kernel decides
  *   TDP_BENCH            1 = only the stand-in high-rate tracepoint (raw_syscalls:sys_enter) for bench/
+ *   TDP_SELFTEST         1 = the test process replays trace events into the aggregation (no kvmmmu probes)
  *   TDP_PRESENT_BIT      1: SPTE present = bit 11 (5.13+); 0: legacy rule (non-zero, not MMIO, not removed)
  *   TDP_WITH_SPTES       stream every kvm_tdp_mmu_spte_changed
  *   TDP_WITH_SPANS       compile the kprobe programs (span/yield state)
@@ -337,16 +338,13 @@ static __always_inline bool selected(u32 tgid, struct task_state *st)
 #endif
 }
 
-#if TDP_TP_SPTE_CHANGED
-TRACEPOINT_PROBE(kvmmmu, kvm_tdp_mmu_spte_changed)
+/* One SPTE change (kvm_tdp_mmu_spte_changed) by task `id` (tgid << 32 | tid): zap counters and tables. */
+static __always_inline int spte_change(void *ctx, u64 id, u32 as_id, u64 gfn, u32 level, u64 old, u64 new)
 {
-	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id;
 	struct task_state *st = task_lookup(tid);
 	if (!selected(id >> 32, st))
 		return 0;
-	u64 old = args->old_spte, new = args->new_spte, gfn = args->gfn;
-	u32 level = args->level, as_id = args->as_id;
 	if (level < 1 || level > TDP_LEVELS)
 		return 0;
 	bool po = spte_present(old), pn = spte_present(new);
@@ -381,9 +379,16 @@ TRACEPOINT_PROBE(kvmmmu, kvm_tdp_mmu_spte_changed)
 	e->u.spte.gfn = gfn;
 	e->u.spte.old_spte = old;
 	e->u.spte.new_spte = new;
-	event_submit(args, e);
+	event_submit(ctx, e);
 #endif
 	return 0;
+}
+
+#if TDP_TP_SPTE_CHANGED
+TRACEPOINT_PROBE(kvmmmu, kvm_tdp_mmu_spte_changed)
+{
+	return spte_change(args, bpf_get_current_pid_tgid(), args->as_id, args->gfn, args->level, args->old_spte,
+			   args->new_spte);
 }
 #endif
 
@@ -487,16 +492,32 @@ static __always_inline s8 small_arg(struct regs6 *a, s8 i)
 	return i < 0 ? -1 : (s8)reg_arg(a, i);
 }
 
-static __always_inline int on_span_entry(struct pt_regs *ctx, u32 func_id)
+static __always_inline void emit_yield(void *ctx, struct task_state *st, u64 ret_ts, s16 ret, u8 returned)
 {
-	u64 now = bpf_ktime_get_ns();
-	u64 id = bpf_get_current_pid_tgid();
+	u32 d = st->depth;
+	if (d == 0 || d > TDP_MAX_DEPTH)
+		return;
+	struct tdp_event *e = event_reserve();
+	if (!e)
+		return;
+	event_head(e, TDP_KIND_YIELD);
+	e->ts = st->yield_entry;
+	e->flags = st->yield_flags | (returned ? TDP_F_RETURNED : 0);
+	e->ret = ret;
+	e->u.yield.lock = st->yield_lock;
+	e->u.yield.ret_ts = ret_ts;
+	e->u.yield.span_id = st->f[(d - 1) & (TDP_MAX_DEPTH - 1)].span_id;
+	event_submit(ctx, e);
+}
+
+/* Entry of zap function func_id by task `id` at `now`, with its argument registers r. */
+static __always_inline int span_begin(void *ctx, u64 id, u64 now, u32 func_id, struct regs6 *rp)
+{
 	u32 tid = (u32)id, tgid = id >> 32;
 	struct tdp_func_args *a = func_args.lookup(&func_id);
 	if (!a)
 		return 0;
-	struct regs6 r;
-	read_args(ctx, &r);
+	struct regs6 r = *rp;
 	u64 kvm = reg_arg(&r, a->kvm);
 	u8 sel = 1;
 #if TDP_FILTER_PIDS
@@ -562,14 +583,17 @@ static __always_inline int on_span_entry(struct pt_regs *ctx, u32 func_id)
 	return 0;
 }
 
-static __always_inline int on_span_return(struct pt_regs *ctx, u32 func_id)
+/* Return of zap function func_id (value ret) on task `id` at `now`: emit the span record. */
+static __always_inline int span_end(void *ctx, u64 id, u64 now, u32 func_id, s64 ret)
 {
-	u64 now = bpf_ktime_get_ns();
-	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = (u32)id;
 	struct task_state *st = tasks.lookup(&tid);
 	if (!st || st->depth == 0)
 		return 0;
+	if (st->yield_entry) {  /* a yield point whose return was not seen: it closed at its entry */
+		emit_yield(ctx, st, 0, 0, 0);
+		st->yield_entry = 0;
+	}
 	u32 d = st->depth - 1;
 	st->depth = d;
 	if (d >= TDP_MAX_DEPTH)
@@ -590,7 +614,7 @@ static __always_inline int on_span_return(struct pt_regs *ctx, u32 func_id)
 			s->root = f->root;
 			s->gfn_start = f->gfn_start;
 			s->gfn_end = f->gfn_end;
-			s->ret = PT_REGS_RC(ctx);
+			s->ret = ret;
 			s->away_ns = f->away;
 			s->max_gap_ns = tail > f->max_gap ? tail : f->max_gap;
 			s->retained_after = retained_total();
@@ -622,6 +646,18 @@ static __always_inline int on_span_return(struct pt_regs *ctx, u32 func_id)
 	return 0;
 }
 
+static __always_inline int on_span_entry(struct pt_regs *ctx, u32 func_id)
+{
+	struct regs6 r;
+	read_args(ctx, &r);
+	return span_begin(ctx, bpf_get_current_pid_tgid(), bpf_ktime_get_ns(), func_id, &r);
+}
+
+static __always_inline int on_span_return(struct pt_regs *ctx, u32 func_id)
+{
+	return span_end(ctx, bpf_get_current_pid_tgid(), bpf_ktime_get_ns(), func_id, PT_REGS_RC(ctx));
+}
+
 #define SPAN_PROBES(i) \
 	int span_entry_##i(struct pt_regs *ctx) { return on_span_entry(ctx, i); } \
 	int span_return_##i(struct pt_regs *ctx) { return on_span_return(ctx, i); }
@@ -630,29 +666,10 @@ SPAN_PROBES(4) SPAN_PROBES(5) SPAN_PROBES(6) SPAN_PROBES(7)
 SPAN_PROBES(8) SPAN_PROBES(9) SPAN_PROBES(10) SPAN_PROBES(11)
 SPAN_PROBES(12) SPAN_PROBES(13) SPAN_PROBES(14) SPAN_PROBES(15)
 
-static __always_inline void emit_yield(void *ctx, struct task_state *st, u64 ret_ts, s16 ret, u8 returned)
-{
-	u32 d = st->depth;
-	if (d == 0 || d > TDP_MAX_DEPTH)
-		return;
-	struct tdp_event *e = event_reserve();
-	if (!e)
-		return;
-	event_head(e, TDP_KIND_YIELD);
-	e->ts = st->yield_entry;
-	e->flags = st->yield_flags | (returned ? TDP_F_RETURNED : 0);
-	e->ret = ret;
-	e->u.yield.lock = st->yield_lock;
-	e->u.yield.ret_ts = ret_ts;
-	e->u.yield.span_id = st->f[(d - 1) & (TDP_MAX_DEPTH - 1)].span_id;
-	event_submit(ctx, e);
-}
-
 /* A yield point: for every enclosing span of the task, the gap since its last resume ends here. */
-static __always_inline int on_yield_entry(struct pt_regs *ctx, u32 which)
+static __always_inline int yield_begin(void *ctx, u64 id, u64 now, u64 lock, u32 which)
 {
-	u64 now = bpf_ktime_get_ns();
-	u32 tid = (u32)bpf_get_current_pid_tgid();
+	u32 tid = (u32)id;
 	struct task_state *st = tasks.lookup(&tid);
 	if (!st || st->depth == 0)
 		return 0;
@@ -667,23 +684,24 @@ static __always_inline int on_yield_entry(struct pt_regs *ctx, u32 which)
 			f->last_resume = now;
 		}
 	}
+	if (st->yield_entry)  /* the previous yield point's return was not seen */
+		emit_yield(ctx, st, 0, 0, 0);
 	st->yield_entry = now;
-	st->yield_lock = PT_REGS_PARM1(ctx);
+	st->yield_lock = lock;
 	st->yield_flags = which;
 #if !TDP_YIELD_RETURN
 	emit_yield(ctx, st, 0, 0, 0);
+	st->yield_entry = 0;  /* no return will come; emitted already */
 #endif
 	return 0;
 }
 
-static __always_inline int on_yield_return(struct pt_regs *ctx)
+static __always_inline int yield_end(void *ctx, u64 id, u64 now, int ret)
 {
-	u64 now = bpf_ktime_get_ns();
-	u32 tid = (u32)bpf_get_current_pid_tgid();
+	u32 tid = (u32)id;
 	struct task_state *st = tasks.lookup(&tid);
 	if (!st || st->depth == 0 || st->yield_entry == 0)
 		return 0;
-	int ret = PT_REGS_RC(ctx);
 	u64 away = now - st->yield_entry;
 #pragma unroll
 	for (int i = 0; i < TDP_MAX_DEPTH; i++) {
@@ -704,10 +722,48 @@ static __always_inline int on_yield_return(struct pt_regs *ctx)
 #define YIELD_READ 0x10
 #define YIELD_WRITE 0x20
 #define YIELD_SPIN 0x40
+static __always_inline int on_yield_entry(struct pt_regs *ctx, u32 which)
+{
+	return yield_begin(ctx, bpf_get_current_pid_tgid(), bpf_ktime_get_ns(), PT_REGS_PARM1(ctx), which);
+}
+
 int yield_entry_read(struct pt_regs *ctx) { return on_yield_entry(ctx, YIELD_READ); }
 int yield_entry_write(struct pt_regs *ctx) { return on_yield_entry(ctx, YIELD_WRITE); }
 int yield_entry_spin(struct pt_regs *ctx) { return on_yield_entry(ctx, YIELD_SPIN); }
-int yield_return(struct pt_regs *ctx) { return on_yield_return(ctx); }
+int yield_return(struct pt_regs *ctx) { return yield_end(ctx, bpf_get_current_pid_tgid(), bpf_ktime_get_ns(),
+							 PT_REGS_RC(ctx)); }
+#if TDP_SELFTEST
+/* tests/test_live_aggregation.py: replay a recorded trace through the functions above. The test process
+ * calls syscall(SYS_getpid, op, a1, a2, a3, a4, TDP_SELFTEST_MAGIC); nothing else reaches this path. */
+#define SELFTEST_SPTE 1       /* a1 gfn, a2 old, a3 new, a4 level | as_id << 8 | tid << 16 */
+#define SELFTEST_SPAN_ENTRY 2 /* a1 tid, a2 ts, a3 func_id, a4 zap_level */
+#define SELFTEST_SPAN_RETURN 3 /* a1 tid, a2 ts, a3 func_id, a4 ret */
+#define SELFTEST_YIELD_ENTRY 4 /* a1 tid, a2 ts, a3 lock, a4 flavour */
+#define SELFTEST_YIELD_RETURN 5 /* a1 tid, a2 ts, a3 ret */
+TRACEPOINT_PROBE(raw_syscalls, sys_enter)
+{
+	if ((bpf_get_current_pid_tgid() >> 32) != TDP_SELFTEST_TGID || args->id != 39 /* getpid */)
+		return 0;
+	if ((u64)args->args[5] != TDP_SELFTEST_MAGIC)
+		return 0;
+	u64 op = args->args[0], a1 = args->args[1], a2 = args->args[2], a3 = args->args[3], a4 = args->args[4];
+	u64 tgid = (u64)TDP_SELFTEST_TGID << 32;
+	if (op == SELFTEST_SPTE)
+		return spte_change(args, tgid | (a4 >> 16), (a4 >> 8) & 0xff, a1, a4 & 0xff, a2, a3);
+	if (op == SELFTEST_SPAN_ENTRY) {
+		struct regs6 r = {};
+		r.r[3] = a4; /* zap_level, for a func_args entry that says register 3 */
+		return span_begin(args, tgid | a1, a2, a3, &r);
+	}
+	if (op == SELFTEST_SPAN_RETURN)
+		return span_end(args, tgid | a1, a2, a3, a4);
+	if (op == SELFTEST_YIELD_ENTRY)
+		return yield_begin(args, tgid | a1, a2, a3, a4);
+	if (op == SELFTEST_YIELD_RETURN)
+		return yield_end(args, tgid | a1, a2, a3);
+	return 0;
+}
+#endif
 #endif /* TDP_WITH_SPANS */
 
 #if TDP_BENCH

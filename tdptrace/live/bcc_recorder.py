@@ -60,8 +60,13 @@ def ringbuf_supported(release: str) -> bool:
     return v is None or v >= (5, 8)
 
 
-def program_defines(plan: ProbePlan, opts: RecordOptions, bench_tgid: int = 0) -> dict[str, int]:
-    """The -D settings of probes/record.bpf.c for this plan and these options."""
+SELFTEST_MAGIC = 0x7464707472616365  # "tdptrace": marks the test's replay syscalls (TDP_SELFTEST)
+
+
+def program_defines(plan: ProbePlan, opts: RecordOptions, bench_tgid: int = 0,
+                    selftest_tgid: int = 0) -> dict[str, int]:
+    """The -D settings of probes/record.bpf.c for this plan and these options (bench/selftest: a stand-in
+    syscall tracepoint of that process instead of the kvmmmu tracepoints)."""
     enc = encoding_for_release(plan.release) or Encoding.PRESENT_BIT
     d = {
         "TDP_PERF_BUFFER": int(not ringbuf_supported(plan.release)),
@@ -72,9 +77,11 @@ def program_defines(plan: ProbePlan, opts: RecordOptions, bench_tgid: int = 0) -
         "TDP_FILTER_PIDS": int(bool(opts.pids)), "TDP_STACKS": int(opts.stacks and plan.spans),
         "TDP_STACK_MIN_GAP_NS": int(opts.stack_min_gap_ns), "TDP_MAX_TABLES": int(opts.max_tables),
         "TDP_BENCH": int(bench_tgid > 0), "TDP_BENCH_TGID": int(bench_tgid),
+        "TDP_SELFTEST": int(selftest_tgid > 0), "TDP_SELFTEST_TGID": int(selftest_tgid),
+        "TDP_SELFTEST_MAGIC": SELFTEST_MAGIC,
     }
     for tp, define in TRACEPOINT_DEFINES.items():
-        d[define] = int(tp in plan.tracepoints and bench_tgid == 0)
+        d[define] = int(tp in plan.tracepoints and bench_tgid == 0 and selftest_tgid == 0)
     return d
 
 
