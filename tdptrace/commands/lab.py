@@ -32,6 +32,9 @@ def run_cmd(
                                                "workload starts.")] = 0.0,
     rootfs: Annotated[Optional[Path], typer.Option("--rootfs", help="Directory shared into the guest at "
                                                    "/rootfs (e.g. from `tdptrace lab rootfs`).")] = None,
+    chroot_cmd: Annotated[Optional[str], typer.Option("--chroot-cmd", help="Command run inside the BCC rootfs "
+                                                      "(built on first use) alongside the workload, e.g. "
+                                                      "'tdptrace record -o /share/out/bcc.tdp'.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run record and summary as JSON.")] = False,
 ) -> None:
     """Run one scenario: populate, madvise half, touch again, delete memslot, close; print the summary."""
@@ -40,7 +43,7 @@ def run_cmd(
     from tdptrace.lab.scenario import Scenario
 
     sc = Scenario(kernel=kernel, mib=mib, thp=thp, hog=hog, iters=iters, hook=hook, rootfs=rootfs,
-                  hook_settle_s=hook_settle)
+                  hook_settle_s=hook_settle, chroot_cmd=chroot_cmd)
     typer.echo(f"lab: {sc.name} (guest RAM {sc.guest_mib} MiB, trace buffer {sc.buffer_kb} KiB per CPU)", err=True)
     r = run(sc, out)
     if as_json:
@@ -100,3 +103,16 @@ def probes_cmd(
     typer.echo("# tracepoints: " + " ".join(f"kvmmmu/{t}" for t in res.tracepoints))
     for name, why in res.skipped.items():
         typer.echo(f"# not attached: {name}: {why}")
+
+
+@lab_app.command("rootfs")
+def rootfs_cmd(
+    kernel: Annotated[str, typer.Option("--kernel", "-k", help="Lab kernel whose headers to install.")] = "6.1",
+) -> None:
+    """Build (or extend) the bookworm chroot with BCC, the kernel's headers and tdptrace, for --chroot-cmd."""
+    from tdptrace.lab import kernels, rootfs
+    from tdptrace.lab.host import ensure_host_packages
+    from tdptrace.lab.run import source_tree
+
+    ensure_host_packages()
+    typer.echo(str(rootfs.build(kernels.fetch(kernel), project=source_tree())))

@@ -138,6 +138,12 @@ def parse_kvmtouch(text: str) -> list[dict[str, int]]:
             for line in text.splitlines() if line.startswith("KVMTOUCH ")]
 
 
+def source_tree() -> Path | None:
+    """The project's source tree when tdptrace runs from one (editable install), to copy into the rootfs."""
+    top = Path(__file__).resolve().parents[2]
+    return top if (top / "pyproject.toml").exists() else None
+
+
 def run(scenario: Scenario, out: Path | None = None) -> LabRun:
     """Run `scenario`; results under `out` (default: the cache's runs/NAME-TIMESTAMP)."""
     t0 = time.monotonic()
@@ -155,12 +161,20 @@ def run(scenario: Scenario, out: Path | None = None) -> LabRun:
               "HOG": str(int(scenario.hog)), "ITERS": str(scenario.iters), "BUF_KB": str(scenario.buffer_kb),
               "EVENTS": " ".join(res.tracepoints), "HOOK_SETTLE": str(scenario.hook_settle_s)}
     files = {"kprobe_events": "\n".join(res.lines) + "\n"}
+    rootfs_dir = scenario.rootfs
     if scenario.hook is not None:
         if not Path(scenario.hook).is_file():
             raise TdpError(f"hook script {scenario.hook} not found")
         files["hook.sh"] = Path(scenario.hook).read_text()
+    if scenario.chroot_cmd:
+        from tdptrace.lab import rootfs
+
+        if rootfs_dir is None:
+            rootfs_dir = rootfs.build(kernel, project=source_tree())
+        files["hook.sh"] = initramfs.lab_file("chroot-hook.sh").decode()
+        files["chroot_cmd"] = scenario.chroot_cmd + "\n"
     share_out, b = _boot(kernel, out, params, mem_mib=scenario.guest_mib, timeout_s=scenario.timeout_s,
-                         files=files, rootfs=scenario.rootfs)
+                         files=files, rootfs=rootfs_dir)
     trace = out / "trace.txt"
     shutil.move(share_out / "trace.txt", trace)
     events = check_lost(share_out, trace)

@@ -24,12 +24,15 @@ class Scenario:
     hook: Path | None = None  # a script run in the guest alongside the workload (init.sh: /share/hook.sh)
     rootfs: Path | None = None  # a directory shared into the guest at /rootfs (e.g. a chroot with BCC)
     hook_settle_s: float = 0.0  # seconds to let the hook start before the workload
+    chroot_cmd: str | None = None  # a command run inside the BCC rootfs alongside the workload (rootfs.py)
 
     def __post_init__(self) -> None:
         if self.mib < 8 or self.mib > 4096 or self.mib % 4:
             raise BadInput(f"--mib {self.mib}: guest memory must be a multiple of 4 MiB in [8, 4096]")
         if self.iters < 1:
             raise BadInput("--iters must be at least 1")
+        if self.chroot_cmd and self.hook:
+            raise BadInput("--chroot-cmd and --hook both want the guest's hook slot; give one")
 
     @property
     def name(self) -> str:

@@ -1,0 +1,86 @@
+"""A Debian bookworm chroot with BCC, the lab kernels' headers and tdptrace, shared into lab guests at /rootfs.
+
+Optional (about 1 GB, a minute or two to build): the core lab runs use tracefs only. One rootfs serves every
+lab kernel; the headers of each kernel are added the first time that kernel asks for them.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+from tdptrace.errors import MissingCapability
+from tdptrace.lab.host import cache_dir, run
+from tdptrace.lab.kernels import Kernel
+
+MIRROR = "http://deb.debian.org/debian"
+PACKAGES = ("python3-bpfcc", "bpfcc-tools", "kmod", "python3-venv", "python3-pip", "ca-certificates")
+SOURCES = ("deb http://deb.debian.org/debian bookworm main\n"
+           "deb http://deb.debian.org/debian bookworm-updates main\n"
+           "deb http://deb.debian.org/debian-security bookworm-security main\n")
+# What of the project goes into the chroot (installed with pip into /opt/tdptrace, bcc from Debian).
+PROJECT_FILES = ("pyproject.toml", "README.md", "tdptrace", "probes")
+
+
+@contextlib.contextmanager
+def _mounted(root: Path) -> Iterator[None]:
+    """/proc, /sys, /dev and resolv.conf inside `root` while apt and pip run there."""
+    done: list[Path] = []
+    try:
+        for src in ("/proc", "/sys", "/dev"):
+            dst = root / src.lstrip("/")
+            dst.mkdir(exist_ok=True)
+            subprocess.run(["mount", "--bind", src, str(dst)], check=True)
+            done.append(dst)
+        shutil.copy2("/etc/resolv.conf", root / "etc" / "resolv.conf")
+        yield
+    finally:
+        for dst in reversed(done):
+            subprocess.run(["umount", "-l", str(dst)], check=False)
+
+
+def _chroot(root: Path, *cmd: str, what: str) -> str:
+    return run(["chroot", str(root), "/usr/bin/env", "DEBIAN_FRONTEND=noninteractive",
+                "PATH=/usr/sbin:/usr/bin:/sbin:/bin", *cmd], what=what, timeout=1800)
+
+
+def build(kernel: Kernel, project: Path | None = None) -> Path:
+    """The rootfs with `kernel`'s headers (and tdptrace from `project`, a source tree, when given)."""
+    root = cache_dir() / "rootfs" / "bookworm"
+    stamp = root / ".tdptrace-rootfs"
+    if not stamp.exists():
+        if shutil.which("debootstrap") is None:
+            run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "debootstrap"],
+                what="apt-get install debootstrap", hint="the BCC rootfs needs debootstrap")
+        shutil.rmtree(root, ignore_errors=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "bookworm", str(root), MIRROR],
+            what="debootstrap bookworm", timeout=1800, hint="the BCC rootfs needs Debian's package mirror")
+        (root / "etc" / "apt" / "sources.list").write_text(SOURCES)
+        stamp.touch()
+    headers = f"linux-headers-{kernel.release}"
+    with _mounted(root):
+        if not (root / "lib" / "modules" / kernel.release / "build").exists():
+            _chroot(root, "apt-get", "update", "-q", what="apt-get update (rootfs)")
+            _chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", headers,
+                    what=f"apt-get install {headers} (rootfs)")
+            if not (root / "lib" / "modules" / kernel.release / "build").exists():
+                raise MissingCapability(f"{headers} installed no /lib/modules/{kernel.release}/build in the rootfs")
+        if project is not None:
+            src = root / "opt" / "tdptrace-src"
+            shutil.rmtree(src, ignore_errors=True)
+            src.mkdir(parents=True)
+            for name in PROJECT_FILES:
+                p = project / name
+                if p.is_dir():
+                    shutil.copytree(p, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+                elif p.exists():
+                    shutil.copy2(p, src / name)
+            if not (root / "opt" / "tdptrace" / "bin" / "python").exists():
+                _chroot(root, "python3", "-m", "venv", "--system-site-packages", "/opt/tdptrace",
+                        what="python3 -m venv (rootfs)")
+            _chroot(root, "/opt/tdptrace/bin/pip", "install", "-q", "/opt/tdptrace-src",
+                    what="pip install tdptrace (rootfs)")
+    return root
