@@ -71,7 +71,7 @@ def find_yields(tl: Timeline, sched: SchedulerModel, yield_ns: float = 0.0, max_
     first = tl.start + tl.first_ok * spacing  # first allowed check of each segment
     last = tl.start + (tl.checks - 1) * spacing
     idx_ok = np.flatnonzero(ok)
-    ends = tl.start + tl.dur
+    ends_ok = (tl.start + tl.dur)[idx_ok]
     out = []
     aways = []
     cpu = 0.0  # CPU time at which the task last got the CPU
@@ -83,7 +83,7 @@ def find_yields(tl: Timeline, sched: SchedulerModel, yield_ns: float = 0.0, max_
         wall_set = -(-wall_due // sched.tick_ns) * sched.tick_ns
         target = max(wall_set - wall_off, cpu)
         # First allowed check at or after `target`, strictly after the last yield.
-        k = np.searchsorted(ends[idx_ok], target, side="right")
+        k = np.searchsorted(ends_ok, target, side="right")
         if k >= len(idx_ok):
             break
         s = idx_ok[k]

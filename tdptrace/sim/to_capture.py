@@ -11,9 +11,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from tdptrace.capture import CaptureMeta, CaptureWriter, default_host
-from tdptrace.schema import LEVELS, SPANS, TABLES, ZAP_COUNT_COLUMNS
+from tdptrace.schema import LEVELS, SPANS, TABLES
 from tdptrace.sim.engine import Identity, SimResult
 
 
@@ -33,19 +35,33 @@ def _assign_seq(frames: dict[str, pd.DataFrame]) -> None:
 
 
 def _common(df: pd.DataFrame, ident: Identity) -> pd.DataFrame:
-    return df.assign(cpu=np.int16(ident.cpu), tid=np.int32(ident.tid), pid=np.int32(ident.pid), comm=ident.comm)
+    return df.assign(cpu=np.int16(ident.cpu), tid=np.int32(ident.tid), pid=np.int32(ident.pid))
 
 
-def _typed(df: pd.DataFrame, table: str) -> pd.DataFrame:
-    """Columns of the table's schema, missing nullable ones as nulls."""
+def _strings(values: np.ndarray) -> pa.Array:
+    """A string column from few distinct values, built through a dictionary (fast for millions of rows)."""
+    uniq, codes = np.unique(values.astype(str), return_inverse=True)
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(uniq)).cast(pa.string())
+
+
+def _typed(df: pd.DataFrame, table: str, comm: str) -> pa.Table:
+    """The rows as an Arrow table of the schema: missing columns null, comm constant."""
     schema = TABLES[table]
-    out = {}
+    n = len(df)
+    cols = []
     for f in schema:
-        if f.name in df.columns:
-            out[f.name] = df[f.name].to_numpy() if not f.nullable else df[f.name]
+        if f.name == "comm":
+            cols.append(_strings(np.full(n, comm, dtype=object)))
+        elif f.name not in df.columns:
+            cols.append(pa.nulls(n, f.type))
+        elif pa.types.is_string(f.type):
+            v = df[f.name]
+            mask = v.isna().to_numpy()
+            arr = _strings(v.fillna("").to_numpy(dtype=object))
+            cols.append(pa.compute.if_else(pa.array(mask), pa.nulls(n, pa.string()), arr) if mask.any() else arr)
         else:
-            out[f.name] = pd.Series([None] * len(df), dtype=object)
-    return pd.DataFrame(out)
+            cols.append(pa.array(df[f.name], type=f.type, from_pandas=True))
+    return pa.Table.from_arrays(cols, schema=schema)
 
 
 def write_capture(res: SimResult, path: str | Path, source: dict[str, Any], release: str,
@@ -78,32 +94,24 @@ def write_capture(res: SimResult, path: str | Path, source: dict[str, Any], rele
         notes=["simulated capture: figures come from the zap model (tdptrace.sim), not from a kernel"] + res.notes,
     )
     with CaptureWriter(path, meta, overwrite=overwrite) as w:
-        if "sptes" in frames:
-            w.append("sptes", _typed(_common(frames["sptes"], ident), "sptes"))
-        if "spans" in frames:
-            s = _common(frames["spans"], ident).assign(complete=True, zaps_known=True, vm=ident.vm,
-                                                       root=ident.root)
-            s = s.sort_values("seq", kind="stable", ignore_index=True)
-            typed = _typed(s, "spans")
-            for c in ("parent_id", "gfn_start", "gfn_end", "zap_level", "flush", "shared", "can_yield",
-                      "lock_drops", "away_ns", "max_gap_ns", "retained_after", "end_ts", "duration_ns",
-                      *ZAP_COUNT_COLUMNS):
-                typed[c] = pd.array(s[c].to_numpy(dtype=object), dtype=_nullable(SPANS.field(c).type))
-            w.append("spans", typed)
-        if "yields" in frames:
-            y = _common(frames["yields"], ident).assign(lock=ident.vm)
-            w.append("yields", _typed(y.sort_values("seq", kind="stable", ignore_index=True), "yields"))
-        if "page_tables" in frames:
-            w.append("page_tables", _typed(_common(frames["page_tables"], ident)
-                                           .sort_values("seq", kind="stable", ignore_index=True), "page_tables"))
-        if "markers" in frames:
-            w.append("markers", _typed(_common(frames["markers"], ident)
-                                       .sort_values("seq", kind="stable", ignore_index=True), "markers"))
+        for table in ("sptes", "spans", "yields", "page_tables", "markers"):
+            if table not in frames:
+                continue
+            df = _common(frames[table], ident)
+            if table == "spans":
+                df = df.assign(complete=True, zaps_known=True, vm=ident.vm, root=ident.root)
+            elif table == "yields":
+                df = df.assign(lock=ident.vm)
+            if table != "sptes":
+                df = df.sort_values("seq", kind="stable", ignore_index=True)
+            if table == "spans":  # object columns holding ints and None: nullable ints for Arrow
+                for c in df.columns:
+                    if df[c].dtype == object and c in SPANS.names and not pa.types.is_string(SPANS.field(c).type):
+                        df[c] = pd.array(df[c].to_numpy(dtype=object), dtype=_nullable(SPANS.field(c).type))
+            w.append(table, _typed(df, table, ident.comm))
     return Path(path)
 
 
 def _nullable(t) -> str:
-    import pyarrow as pa
-
     return {pa.int8(): "Int8", pa.int16(): "Int16", pa.int32(): "Int32", pa.int64(): "Int64",
-            pa.uint64(): "UInt64"}[t]
+            pa.uint64(): "UInt64", pa.bool_(): "boolean"}[t]

@@ -37,9 +37,15 @@ def table_pages(level: int) -> int:
 
 def bit_range(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """(n, 8) uint64 bitmaps with bits [lo, hi) set per row (empty where hi <= lo)."""
-    lo = np.asarray(lo, dtype=np.int64)[:, None] - _WORD_BASE
-    hi = np.asarray(hi, dtype=np.int64)[:, None] - _WORD_BASE
-    return _LOW[np.clip(hi, 0, 64)] & ~_LOW[np.clip(lo, 0, 64)]
+    lo = np.asarray(lo, dtype=np.int64)
+    hi = np.asarray(hi, dtype=np.int64)
+    out = np.full((len(lo), WORDS), np.uint64(0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
+    part = np.flatnonzero((lo > 0) | (hi < ENTRIES))  # most tables are wholly in range: only edges computed
+    if len(part):
+        a = lo[part][:, None] - _WORD_BASE
+        b = hi[part][:, None] - _WORD_BASE
+        out[part] = _LOW[np.clip(b, 0, 64)] & ~_LOW[np.clip(a, 0, 64)]
+    return out
 
 
 def popcount(bits: np.ndarray) -> np.ndarray:
@@ -49,13 +55,14 @@ def popcount(bits: np.ndarray) -> np.ndarray:
 
 def set_bits(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(row, entry index) of every set bit, row-major (entries ascending within a row)."""
-    if len(bits) == 0:
+    rows = np.flatnonzero(bits.any(axis=1)) if len(bits) else np.zeros(0, dtype=np.int64)
+    if len(rows) == 0:
         z = np.zeros(0, dtype=np.int64)
         return z, z
-    u = np.unpackbits(np.ascontiguousarray(bits).view(np.uint8).reshape(len(bits), WORDS * 8), axis=1,
+    u = np.unpackbits(np.ascontiguousarray(bits[rows]).view(np.uint8).reshape(len(rows), WORDS * 8), axis=1,
                       bitorder="little")
     r, i = np.nonzero(u)
-    return r.astype(np.int64), i.astype(np.int64)
+    return rows[r].astype(np.int64), i.astype(np.int64)
 
 
 def spte_value(gfn: np.ndarray, level: int, leaf: np.ndarray | bool) -> np.ndarray:
