@@ -212,3 +212,26 @@ def test_triage_modules_import_neither_typer_nor_matplotlib():
             "print(','.join(m for m in ('typer', 'matplotlib', 'rich') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_ibt_kernel_kprobe_entries_at_plus_4_give_spans_and_yields(tmp_path, capsys):
+    """Debian's 6.12 (IBT) places a kprobe on an ENDBR64 function at sym+0x4: still its entry. Lines as the
+    lab's 6.12 trace prints them."""
+    f = tmp_path / "ibt.txt"
+    f.write_text(Trace()
+                 .raw("        kvmtouch-160     [000] ...1.    57.470849: kvm_tdp_mmu_zap_invalidated_roots: "
+                      "(kvm_tdp_mmu_zap_invalidated_roots+0x4/0xa0 [kvm])")
+                 .raw("        kvmtouch-160     [000] .N.1.    57.480000: __cond_resched_rwlock_read: "
+                      "(__cond_resched_rwlock_read+0x4/0x70) lock=0xffffd168800f5000")
+                 .raw("        kvmtouch-160     [000] ...1.    57.481000: __cond_resched_rwlock_read_ret: "
+                      "(kvm_tdp_mmu_zap_invalidated_roots+0x60/0xa0 [kvm] <- __cond_resched_rwlock_read) ret=1")
+                 .raw("        kvmtouch-160     [000] ...1.    57.500000: kvm_tdp_mmu_zap_invalidated_roots_ret: "
+                      "(kvm_mmu_zap_all_fast+0x1a4/0x1e0 [kvm] <- kvm_tdp_mmu_zap_invalidated_roots)")
+                 .text())
+    import_file(f, tmp_path / "ibt.tdp", kernel_release="6.12.117+deb12-amd64")
+    cap = tdptrace.open(tmp_path / "ibt.tdp")
+    assert cap.spans["function"].tolist() == ["kvm_tdp_mmu_zap_invalidated_roots"]
+    assert cap.spans["yields"].tolist() == [1]
+    t = triage(cap)
+    assert [s.gap_ns for s in t.stretches] == [19_000_000, 9_151_000]
+    assert t.exit_code == 1 and t.stretches[0].context == "memslot delete/move: invalidated roots torn down"

@@ -210,7 +210,9 @@ def decode_kprobes(t: pa.Table) -> tuple[pd.DataFrame, pa.Table]:
     symbol = pd.Series(pc.if_else(has_sym, sym, loc).to_pandas(), dtype="string")
     out["symbol"] = symbol
     out["function"] = symbol.str.replace(r"\.(?:isra|constprop|part|cold|llvm)\.\d+.*$", "", regex=True)
-    at_entry = pc.is_in(off, pa.array(["", "0x0"])).to_numpy(zero_copy_only=False)
+    # Since Linux kernel commit cc66bb914578 ("x86/ibt,kprobes: Cure sym+0 equals fentry woes") (in v6.0) a
+    # kprobe on a function starting with ENDBR64 (IBT kernels, e.g. Debian's 6.12) sits at sym+0x4: still entry.
+    at_entry = pc.is_in(off, pa.array(["", "0x0", "0x4"])).to_numpy(zero_copy_only=False)
     out["is_return"] = is_return
     out["at_entry"] = at_entry | is_return
     out["caller"] = pd.Series(pc.if_else(has_sym, where, pa.scalar(None, pa.string())).to_pandas(),

@@ -10,17 +10,18 @@ import pytest
 
 import tdptrace
 from tdptrace.compare import compare
+from tdptrace.lab.scenario import Scenario
 from tdptrace.triage import triage
-
-from .conftest import hog_scenario
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture(scope="module")
 def kernel_captures(lab_run) -> dict[str, tdptrace.capture.Capture]:
-    """The lab's 512 MiB CPU-hog scenario on 6.1 and 6.12 (booted once per session, shared with test_lab)."""
-    return {k: tdptrace.open(lab_run(hog_scenario(k)).capture) for k in ("6.1", "6.12")}
+    """The lab's 512 MiB CPU-hog scenario on 6.1 and 6.12. Equal to conftest.hog_scenario, so lab_run boots
+    each once per session and test_lab.py shares the runs."""
+    return {k: tdptrace.open(lab_run(Scenario(kernel=k, mib=512, thp=False, hog=True)).capture)
+            for k in ("6.1", "6.12")}
 
 
 def test_612_yields_more_often_in_root_teardown_with_lower_max_gap(kernel_captures):
