@@ -72,11 +72,12 @@ def _counts(cap, pid: int) -> dict[str, int]:
 
 
 @pytest.mark.live
-def test_record_exercise_equals_a_tracefs_witness(tmp_path):
+@pytest.mark.parametrize("backend", ["bcc", "ftrace"])
+def test_record_exercise_equals_a_tracefs_witness(tmp_path, backend):
     _need_live()
     cap_path = tmp_path / "exercise.tdp"
-    with TracefsWitness(f"tdptrace-test-{os.getpid()}") as w:
-        run = subprocess.run(TDPTRACE + ["record", "-q", "--sptes", "-o", str(cap_path), "--",
+    with TracefsWitness(f"witness-{os.getpid()}") as w:
+        run = subprocess.run(TDPTRACE + ["record", "-q", "--sptes", "--backend", backend, "-o", str(cap_path), "--",
                                          *TDPTRACE, "exercise", "--json"],
                              capture_output=True, text=True, timeout=300)
         text = w.stop(tmp_path / "witness.txt")
@@ -85,7 +86,7 @@ def test_record_exercise_equals_a_tracefs_witness(tmp_path):
     pid = report["pid"]
     cap = tdptrace.open(cap_path)
     meta = cap.meta
-    assert cap.complete and meta.source["kind"] == "bcc" and meta.source["stopped_by"] == "command exited"
+    assert cap.complete and meta.source["kind"] == backend and meta.source["stopped_by"] == "command exited"
     assert meta.lost_events["total"] == 0
     from tdptrace.importers import import_file
 
@@ -105,6 +106,9 @@ def test_record_exercise_equals_a_tracefs_witness(tmp_path):
         assert s["spans"] == [] and "unavailable" in s["yields"]
         assert any("unavailable" in n for n in meta.notes)
         assert any(m["reason"] == "no kprobes on this kernel" for m in meta.probes["missing"])
+    if backend == "ftrace":  # its private instance is gone (any left belong to recorders still running)
+        left = [d.name.split("-")[1] for d in (TRACEFS / "instances").glob("tdptrace-*")]
+        assert all(Path(f"/proc/{p}").exists() for p in left)
 
 
 def _start_recording(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
@@ -127,10 +131,10 @@ def _exercise() -> int:
 
 
 @pytest.mark.live
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_leaves_a_complete_capture(tmp_path, sig):
+@pytest.mark.parametrize("sig,backend", [(signal.SIGINT, "bcc"), (signal.SIGTERM, "bcc"), (signal.SIGTERM, "ftrace")])
+def test_a_signal_leaves_a_complete_capture(tmp_path, sig, backend):
     _need_live()
-    p, cap_path = _start_recording(tmp_path, "--sptes")
+    p, cap_path = _start_recording(tmp_path, "--sptes", "--backend", backend)
     pid = _exercise()
     p.send_signal(sig)
     assert p.wait(60) == 0, p.stderr.read() if p.stderr else ""
@@ -187,3 +191,34 @@ def test_bad_options_give_one_line_and_fail(args, needle):
     assert run.returncode == 2
     assert needle in run.stderr and len(run.stderr.strip().splitlines()) == 1
     assert "Traceback" not in run.stderr
+
+
+def test_ftrace_kprobe_definitions_name_arguments_by_era():
+    from tdptrace.kernel_functions import signature
+    from tdptrace.live.attach import ProbePlan, SpanFunction
+    from tdptrace.live.ftrace_backend import kprobe_definitions
+
+    rel = "6.1.0-56-amd64"
+    plan = ProbePlan(release=rel, tracefs=None, tracepoints=[], kprobes=True, fentry=False, span_functions=[
+        SpanFunction("__tdp_mmu_zap_root", "__tdp_mmu_zap_root", signature("__tdp_mmu_zap_root", rel)),
+        SpanFunction("tdp_mmu_zap_leafs", "tdp_mmu_zap_leafs.isra.0", None)],
+        yield_functions=["__cond_resched_rwlock_read"])
+    assert kprobe_definitions(plan, "g") == [
+        "p:g/span0 __tdp_mmu_zap_root kvm=%di root=%si shared=%dx zap_level=%cx",
+        "r:g/span0_ret __tdp_mmu_zap_root ret=$retval",
+        "p:g/span1 tdp_mmu_zap_leafs.isra.0",
+        "r:g/span1_ret tdp_mmu_zap_leafs.isra.0 ret=$retval",
+        "p:g/yield0 __cond_resched_rwlock_read lock=%di",
+        "r:g/yield0_ret __cond_resched_rwlock_read ret=$retval",
+    ]
+
+
+def test_stale_instances_of_dead_recorders_are_removed(tmp_path):
+    from tdptrace.live.ftrace_backend import remove_stale_instances
+
+    (tmp_path / "instances" / "tdptrace-4194300").mkdir(parents=True)
+    (tmp_path / "instances" / f"tdptrace-{os.getpid()}").mkdir()
+    (tmp_path / "instances" / "someone-else").mkdir()
+    assert remove_stale_instances(tmp_path) == ["tdptrace-4194300"]
+    assert sorted(d.name for d in (tmp_path / "instances").iterdir()) == sorted([f"tdptrace-{os.getpid()}",
+                                                                                 "someone-else"])

@@ -1,0 +1,273 @@
+"""The ftrace backend of `record`: no compiler, no headers - a private tracefs instance
+(instances/tdptrace-<pid>) with the kvmmmu events and, where the kernel has kprobes, kprobe_events on the zap
+functions and yield points; its trace_pipe text goes through the importer's tracefs parser and the
+Assembler, so the capture is the one `tdptrace import` would make of the same text.
+
+The instance and the kprobe events are removed on every exit path that runs Python (a SIGKILL leaves them;
+the next recording removes instances whose recorder is gone).
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import re
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from tdptrace.assemble import Assembler
+from tdptrace.capture import CaptureWriter
+from tdptrace.errors import MissingCapability
+from tdptrace.importers import tracefs
+from tdptrace.importers.decode import decode
+from tdptrace.kernel_functions import ARG_REGISTERS, ZAP_FUNCTIONS
+from tdptrace.live.attach import ProbePlan
+from tdptrace.live.recording import LiveStatus, RecordOptions, live_meta
+from tdptrace.spte import encoding_for_release
+
+INSTANCE_PREFIX = "tdptrace-"
+READ_BYTES = 4 << 20
+# Argument names the importer reads (decode.INT_ARGS / POINTER_ARGS), in the kernel's parameter names.
+_KPROBE_ARGS = ("kvm", "root", "start", "end", "can_yield", "flush", "shared", "zap_level")
+
+
+def kprobe_definitions(plan: ProbePlan, group: str) -> list[str]:
+    """kprobe_events lines: entry (named arguments from SIGNATURES) and return of each span function and
+    yield point. Symbols come from /proc/kallsyms and names from a fixed table: no user text goes in."""
+    lines = []
+    for i, f in enumerate(plan.span_functions):
+        regs = []
+        for j, name in enumerate((f.params or ())[:len(ARG_REGISTERS)]):
+            if name in _KPROBE_ARGS:
+                regs.append(f"{name}=%{ARG_REGISTERS[j]}" + (":u64" if name in ("start", "end") else ""))
+        lines.append(f"p:{group}/span{i} {f.symbol} {' '.join(regs)}".rstrip())
+        lines.append(f"r:{group}/span{i}_ret {f.symbol} ret=$retval")
+    for i, name in enumerate(plan.yield_functions):
+        lines.append(f"p:{group}/yield{i} {name} lock=%di")
+        lines.append(f"r:{group}/yield{i}_ret {name} ret=$retval")
+    return lines
+
+
+def remove_stale_instances(tracefs_dir: Path) -> list[str]:
+    """Remove tdptrace-<pid> instances left by recorders that no longer run (e.g. killed with SIGKILL)."""
+    removed = []
+    for d in (tracefs_dir / "instances").glob(f"{INSTANCE_PREFIX}*"):
+        pid = d.name[len(INSTANCE_PREFIX):]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            try:
+                d.rmdir()
+                removed.append(d.name)
+            except OSError:
+                pass
+    return removed
+
+
+class FtraceRecorder:
+    """Live recording through tracefs text: one instance per capture."""
+
+    def __init__(self, plan: ProbePlan, opts: RecordOptions, argv: list[str] | None = None) -> None:
+        opts.validate()
+        if plan.tracefs is None:
+            raise MissingCapability("tracefs is not mounted", "mount -t tracefs nodev /sys/kernel/tracing")
+        self.plan = plan
+        self.opts = opts
+        self.root = plan.tracefs
+        self.group = f"tdptrace_{os.getpid()}"
+        self.instance = self.root / "instances" / f"{INSTANCE_PREFIX}{os.getpid()}"
+        self.meta = live_meta("ftrace", opts, plan.release, {"command": argv or [],
+                                                             "instance": self.instance.name})
+        self.writer: CaptureWriter | None = None
+        self.asm: Assembler | None = None
+        self.fd = -1
+        self.carry = b""
+        self.seq = 0
+        self.kprobes: list[str] = []
+        self.pending: dict[str, list[pd.DataFrame]] = {"page_tables": [], "markers": []}
+        self.status = LiveStatus()
+        self._t0 = 0.0
+        self._last_flush = 0.0
+        self._last_tick = (0.0, 0)
+        self.failures: list[dict[str, str]] = []
+
+    # -- start ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        remove_stale_instances(self.root)
+        self.writer = CaptureWriter(self.opts.output, self.meta, overwrite=self.opts.force)
+        self.asm = Assembler(self.writer, encoding_for_release(self.plan.release))
+        try:
+            self.instance.mkdir()
+        except OSError as exc:
+            raise MissingCapability(f"cannot create tracefs instance {self.instance} ({exc.strerror})",
+                                    "run as root with tracefs mounted")
+        self._write(self.instance / "buffer_size_kb", "8192")
+        self._write(self.instance / "options" / "record-tgid", "1")
+        self._write(self.instance / "trace_clock", "mono")
+        self._add_kprobes()
+        for tp in self.plan.tracepoints:
+            self._write(self.instance / "events" / "kvmmmu" / tp / "enable", "1")
+        for name in self.kprobes:
+            self._write(self.instance / "events" / self.group / name / "enable", "1")
+        if self.opts.pids:
+            tids = sorted({int(t.name) for p in self.opts.pids for t in Path(f"/proc/{p}/task").glob("*")})
+            self._write(self.instance / "options" / "event-fork", "1")
+            self._write(self.instance / "set_event_pid", " ".join(map(str, tids)))
+            self.meta.notes.append("ftrace backend: -p keeps only the VMM's own threads (not zaps that "
+                                   "reclaim or khugepaged run on its VM)")
+        self.fd = os.open(self.instance / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
+        self._write(self.instance / "tracing_on", "1")
+        m = self.meta
+        m.probes = self.plan.to_meta()
+        m.probes["missing"] = m.probes["missing"] + self.failures
+        m.probes["method"] = "tracefs instance" + (" + kprobe_events" if self.kprobes else "")
+        m.clock = m.clock | {"name": "CLOCK_MONOTONIC (trace_clock mono, printed in microseconds)"}
+        m.notes = list(self.plan.notes) + self.plan.unavailable() + m.notes
+        self.writer.write_meta()
+        self._t0 = self._last_flush = time.monotonic()
+
+    def _write(self, path: Path, text: str) -> None:
+        with open(path, "w") as f:
+            f.write(text)
+
+    def _add_kprobes(self) -> None:
+        if not self.plan.kprobes:
+            return
+        ke = self.root / "kprobe_events"
+        for line in kprobe_definitions(self.plan, self.group):
+            try:
+                with open(ke, "a") as f:
+                    f.write(line + "\n")
+                self.kprobes.append(line.split()[0].split("/")[1])
+            except OSError as exc:
+                self.failures.append({"probe": f"kprobe:{line.split()[1]}", "reason": exc.strerror or str(exc)})
+
+    # -- loop ----------------------------------------------------------------------------------------
+    def _read_available(self) -> bytes:
+        out = []
+        while sum(map(len, out)) < READ_BYTES:
+            try:
+                b = os.read(self.fd, 1 << 20)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EINTR):
+                    break
+                raise
+            if not b:
+                break
+            out.append(b)
+        return b"".join(out)
+
+    def poll(self) -> LiveStatus:
+        data = self.carry + self._read_available()
+        cut = data.rfind(b"\n")
+        if cut >= 0:
+            self.carry = data[cut + 1:]
+            self._take(data[: cut + 1])
+        else:
+            self.carry = data
+        now = time.monotonic()
+        st = self.status
+        st.elapsed_s = now - self._t0
+        t_last, n_last = self._last_tick
+        if now - t_last >= 1.0:
+            st.events_per_s = (st.events - n_last) / (now - t_last) if t_last else 0.0
+            self._last_tick = (now, st.events)
+        if now - self._last_flush >= self.opts.flush_seconds:
+            self.flush()
+        return st
+
+    def _take(self, data: bytes) -> None:
+        assert self.asm is not None
+        parsed = tracefs.parse_lines(tracefs.split_lines(data), self.seq)
+        self.asm.lost.extend(parsed.lost)
+        self.status.drops += sum(n for _, n, _ in parsed.lost)
+        n = parsed.events.num_rows
+        if not n:
+            return
+        chunk = decode(parsed.events)
+        self.seq += n
+        self.status.events += n
+        calls = chunk.calls
+        self.status.spans += int((calls["is_return"] & calls["function"].isin(ZAP_FUNCTIONS)).sum())
+        for table in ("page_tables", "markers"):
+            df = getattr(chunk, table)
+            if len(df):
+                self.pending[table].append(df)
+        # The Assembler streams SPTE rows and keeps the calls for the span derivation at the end;
+        # page tables and markers are flushed here so a killed recorder keeps them.
+        self.asm.add(dataclasses.replace(chunk, page_tables=chunk.page_tables.iloc[0:0],
+                                         markers=chunk.markers.iloc[0:0]))
+
+    def flush(self) -> None:
+        """Write queued page-table and marker rows as chunks, then meta."""
+        assert self.writer is not None and self.asm is not None
+        for table, frames in self.pending.items():
+            if frames:
+                df = pd.concat(frames, ignore_index=True)
+                if table == "markers":
+                    df["detail"] = self.asm.hasher.scrub_text(df["detail"]).to_numpy()
+                self.writer.append(table, df)
+                if table == "page_tables":
+                    self.asm.page_tables.append(df.iloc[0:0])  # tells finish() page-table events were seen
+        self.pending = {"page_tables": [], "markers": []}
+        self.writer.write_meta()
+        self._last_flush = time.monotonic()
+
+    # -- end -----------------------------------------------------------------------------------------
+    def finish(self, stopped_by: str) -> Path:
+        """Stop tracing, read what is left, derive spans and retained tables, clean tracefs up."""
+        assert self.writer is not None and self.asm is not None
+        try:
+            self._write(self.instance / "tracing_on", "0")
+            for _ in range(64):
+                before = self.status.events
+                self.poll()
+                if self.status.events == before:
+                    break
+            overrun = self._overrun()
+            self.flush()
+            stats = self.asm.finish()
+            counts = self.meta.events.get("counts", {})
+            self.meta.events["counts"] = {re.sub(rf"^{self.group}:", "", k): v for k, v in counts.items()}
+            if overrun:
+                self.asm.header_overrun = 0
+                lost = self.meta.lost_events
+                lost["total"] = int(lost.get("total", 0)) + overrun
+                lost.setdefault("per_cpu", {})["overrun"] = overrun
+                self.meta.notes.append(f"{overrun} events were overwritten in the tracefs buffer")
+            self.meta.source["stopped_by"] = stopped_by
+            self.meta.source["spans"] = stats.get("spans", 0)
+            self.writer.close()
+        finally:
+            self._cleanup()
+        return self.writer.path
+
+    def _overrun(self) -> int:
+        total = 0
+        for stats in (self.instance / "per_cpu").glob("cpu*/stats"):
+            m = re.search(r"^overrun:\s*(\d+)", stats.read_text(), re.M)
+            total += int(m.group(1)) if m else 0
+        return total
+
+    def _cleanup(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            self._write(self.instance / "events" / "enable", "0")
+        except OSError:
+            pass
+        try:
+            self.instance.rmdir()
+        except OSError:
+            pass
+        ke = self.root / "kprobe_events"
+        for name in self.kprobes:  # only once no instance uses them
+            try:
+                with open(ke, "a") as f:
+                    f.write(f"-:{self.group}/{name}\n")
+            except OSError:
+                pass
+
