@@ -49,7 +49,8 @@ def render(s: dict[str, Any]) -> None:
     cap = s["capture"]
     con.print(f"[bold]{cap['path']}[/] ({cap['source'].get('kind')}"
               f"{', ' + cap['kernel'].get('release') if cap['kernel'].get('release') else ''}, {cap['status']})")
-    t = Table(title=f"SPTE zaps by level ({s['zaps_source']})", title_justify="left")
+    t = Table(title="SPTE zaps by level", title_justify="left", caption=f"from {s['zaps_source']}",
+              caption_justify="left")
     t.add_column("level", justify="right")
     t.add_column("size", justify="right")
     t.add_column("leaf", justify="right")
