@@ -88,8 +88,12 @@ def df_operation_metrics(cap: Capture) -> pd.DataFrame:
         zap_time = float(op_dur.loc[m_op, "dur"].sum())
         yields_per_op = pd.Series(y_op[m_y]).value_counts().reindex(op_dur.loc[m_op, "op_id"], fill_value=0)
         gaps = st.loc[m_st, "gap_ns"].to_numpy(np.int64)
+        longest = op_dur.loc[m_op, "dur"].astype("float64")
+        longest_id = op_dur.loc[longest.idxmax(), "op_id"] if n_ops and longest.notna().any() else None
         rows[scope] = {
             "operations": n_ops,
+            "yields_in_longest_operation": (float(yields_per_op.get(longest_id, 0)) if longest_id is not None
+                                            else np.nan),
             "spans": int(np.asarray(m_sp).sum()),
             "zap_time_ns": zap_time,
             "longest_operation_ns": float(op_dur.loc[m_op, "dur"].max()) if n_ops else np.nan,
@@ -123,6 +127,7 @@ _OP_METRICS: dict[str, tuple[str, str, str | None]] = {
     "operations": ("yields", "count", None),
     "yields": ("yields", "count", None),
     "yields_per_operation": ("yields", "per operation", "higher"),
+    "yields_in_longest_operation": ("yields", "count", "higher"),
     "yields_per_second": ("yields", "per s of zap time", "higher"),
     "gap_p50_ns": ("gaps", "ns", "lower"),
     "gap_p99_ns": ("gaps", "ns", "lower"),
@@ -206,14 +211,17 @@ def _headlines(df: pd.DataFrame, la: str, lb: str) -> list[str]:
     for scope in (ROOT_TEARDOWN, LEAF_ZAP) + tuple(s for s in df["scope"].unique()
                                                   if s not in (ROOT_TEARDOWN, LEAF_ZAP, ALL) and
                                                   not str(s).startswith("level")):
-        ypo, yps, mx = (_get(df, scope, m) for m in ("yields_per_operation", "yields_per_second", "gap_max_ns"))
+        ypo, yps, mx, ylo = (_get(df, scope, m) for m in ("yields_per_operation", "yields_per_second",
+                                                           "gap_max_ns", "yields_in_longest_operation"))
         if any(r is None or r["direction"] == "n/a" for r in (ypo, mx)):
             continue
         freq = yps if yps is not None and yps["direction"] != "n/a" else ypo
         often = {"higher": "more often", "lower": "less often", "same": "as often"}[freq["direction"]]
         rate = f", {yps['b']:.0f}/s vs {yps['a']:.0f}/s of zap time" if freq is yps else ""
         gap = {"lower": "lower", "higher": "higher", "same": "about the same"}[mx["direction"]]
-        out.append(f"{scope}: {lb} yields {often} than {la} ({ypo['b']:.1f} vs {ypo['a']:.1f} yields per "
+        longest = (f"{ylo['b']:.0f} vs {ylo['a']:.0f} yields in the longest operation, "
+                   if ylo is not None and ylo["direction"] != "n/a" else "")
+        out.append(f"{scope}: {lb} yields {often} than {la} ({longest}{ypo['b']:.1f} vs {ypo['a']:.1f} per "
                    f"operation{rate}); its longest hold of mmu_lock without a yield is {gap} "
                    f"({fmt_ns(mx['b'])} vs {fmt_ns(mx['a'])}).")
     r = _get(df, "page tables", "retained non-leaf peak")

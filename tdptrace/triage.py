@@ -280,16 +280,23 @@ class _TaskEvents:
 
 def _stretch(cap: Capture, g: pd.Series, ev: _TaskEvents, threshold_ns: int) -> Stretch:
     sp = cap.spans.set_index("span_id")
-    sid = int(g["span_id"])
+    outer = sp.loc[int(g["span_id"])]
+    start, gap = int(g["start"]), int(g["gap_ns"])
+    # Name the stretch after the deepest span covering nearly all of it (the pass inside a teardown, say);
+    # a stretch that crosses from one nested span into the next stays with the span around both.
+    end_ts = sp["end_ts"].fillna(np.iinfo(np.int64).max)
+    overlap = np.minimum(end_ts, start + gap) - np.maximum(sp["ts"], start)
+    holders = sp[(sp["tid"] == outer["tid"]) & (sp["depth"] >= outer["depth"]) & (overlap >= 0.9 * gap)
+                 & (overlap >= 0)]
+    sid = int(holders["depth"].idxmax()) if len(holders) else int(g["span_id"])
     row = sp.loc[sid]
     path, source = caller_path(cap, sid)
-    start, gap = int(g["start"]), int(g["gap_ns"])
     z, freed = ev.window(int(row["tid"]), start, start + gap)
     lv = z["level"].to_numpy(np.int64)
     leaf = z["leaf"].to_numpy(bool)
     gfn = z["gfn"].to_numpy(np.uint64)
     inner = sp[(sp["tid"] == row["tid"]) & (sp["depth"] > row["depth"]) & (sp["ts"] < start + gap)
-               & (sp["end_ts"].fillna(np.iinfo(np.int64).max) > start)]
+               & (end_ts > start)]
     inner_desc = [f"{f}" + (f" zap_level={int(zl)}" if not pd.isna(zl) else "")
                   for f, zl in zip(inner["function"], inner["zap_level"])]
     note = None

@@ -63,8 +63,10 @@ def test_612_yields_more_often_in_root_teardown_with_lower_max_gap(tmp_path):
     assert (mx["direction"], mx["verdict"]) == ("lower", "better")
     ops = row(c, "root teardown", "operations")  # the two 6.1 passes are one teardown; 6.12's nest in one span
     assert (ops["a"], ops["b"]) == (1.0, 1.0)
+    ylo = row(c, "root teardown", "yields_in_longest_operation")
+    assert (ylo["a"], ylo["b"], ylo["verdict"]) == (1.0, 40.0, "better")
     assert c.headlines[0].startswith("root teardown: 6.12.57+deb12-amd64 yields more often than 6.1.0-56-amd64 "
-                                     "(40.0 vs 1.0 yields per operation")
+                                     "(40 vs 1 yields in the longest operation, 40.0 vs 1.0 per operation")
     assert "is lower (12.0 ms vs 100.0 ms)" in c.headlines[0]
 
 

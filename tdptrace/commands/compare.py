@@ -40,10 +40,11 @@ def fmt_change(r: dict[str, Any]) -> str:
 
 # Rows shown in the text table (the JSON has them all).
 TEXT_METRICS = ("zaps count", "zaps per GiB unmapped", "GiB unmapped by leaf zaps", "operations",
-                "yields_per_operation", "yields_per_second", "gap_p50_ns", "gap_p99_ns", "gap_max_ns",
+                "yields_in_longest_operation", "yields_per_operation", "yields_per_second", "gap_p50_ns", "gap_p99_ns", "gap_max_ns",
                 "longest_operation_ns", "retained non-leaf peak", "retained non-leaf peak bytes",
                 "retained non-leaf at end", "lost events")
 METRIC_NAMES = {"operations": "operations", "yields_per_operation": "yields per operation",
+                "yields_in_longest_operation": "yields in the longest operation",
                 "yields_per_second": "yields per s of zap time", "gap_p50_ns": "gap p50", "gap_p99_ns": "gap p99",
                 "gap_max_ns": "gap max", "longest_operation_ns": "longest operation"}
 
