@@ -10,6 +10,7 @@
  *   NO_TDP_TRACEPOINT defined when the kernel lacks kvmmmu:kvm_tdp_mmu_spte_changed (5.10)
  *   FILTER_TGID       only count this process (0 = all)
  *   MAX_VMS, MAX_TABLES, MAX_TASKS  map sizes
+ *   STATS_REPLAY      tests only: add the XDP program `replay` (see there)
  */
 #include <uapi/linux/ptrace.h>
 #include <linux/sched.h>
@@ -113,30 +114,89 @@ static __always_inline u64 table_base(u64 gfn, u32 level)
 	return shift >= 64 ? 0 : gfn & ~((1ULL << shift) - 1);
 }
 
-/* Recount one table after a change: retained = linked, once had entries, none now (METRICS.md). */
+/* Recount one table after a change (METRICS.md): retained = linked, once had present entries, none now.
+ * "None now" is present == lowest: a table already populated when we started looking is assumed to have
+ * had the fewest entries consistent with what was zapped, as tdptrace/pagetables.py assumes for captures. */
 static __always_inline void settle(struct vm_stats *v, struct table_state *t, u32 level)
 {
-	u8 r = t->linked && t->ever && t->present <= 0;
+	u8 r = t->linked && t->ever && t->present == t->lowest;
 	if (r == t->retained || level >= STATS_LEVELS)
 		return;
 	t->retained = r;
 	v->retained[level] += r ? 1 : (u64)-1;
 }
 
-static __always_inline struct table_state *table_of(u32 vm, u8 as_id, u32 level, u64 gfn, u8 linked)
+static __always_inline struct table_state *table_of(struct table_key *k, u8 linked)
 {
-	struct table_key k = {.vm = vm, .as_id = as_id, .level = level, .base_gfn = table_base(gfn, level)};
-	struct table_state *t = tables.lookup(&k);
+	struct table_state *t = tables.lookup(k);
 	if (t)
 		return t;
 	struct table_state fresh = {.linked = linked};
-	if (tables.insert(&k, &fresh)) {
-		t = tables.lookup(&k);  /* another CPU inserted it first */
-		if (!t)
-			count_lost(LOST_TABLES_FULL);
-		return t;
+	tables.insert(k, &fresh);  /* fails when another CPU inserted it first, or when the map is full */
+	t = tables.lookup(k);
+	if (!t)
+		count_lost(LOST_TABLES_FULL);
+	return t;
+}
+
+/* Count one kvm_tdp_mmu_spte_changed: zaps by level and kind, and the retained-table bookkeeping. */
+static __always_inline void count_spte_change(struct vm_stats *v, u32 vm, u8 as_id, u64 gfn, u32 level, u64 old,
+					      u64 new)
+{
+	int po = spte_present(old), pn = spte_present(new);
+	v->spte_changes++;
+	if (level >= STATS_LEVELS || level < 1)
+		return;
+	if (po && !pn) {
+		if (spte_leaf(old, level))
+			v->zap_leaf[level]++;
+		else
+			v->zap_nonleaf[level]++;
 	}
-	return tables.lookup(&k);
+	if (po != pn) {
+		/* A table with no link op seen yet is assumed linked, except roots (level 4+: nothing links them
+		 * unless a level-5 entry does). */
+		struct table_key k = {.vm = vm, .as_id = as_id, .level = level, .base_gfn = table_base(gfn, level)};
+		struct table_state *t = table_of(&k, level < 4);
+		if (t) {
+			/* Atomic: vCPUs fault into the same table concurrently under the shared lock. The reads below
+			 * may still interleave, so the retained flag is exact only per table update order. */
+			__sync_fetch_and_add(&t->present, pn ? 1 : -1);
+			if (t->present < t->lowest) {
+				t->lowest = t->present;
+				if (!t->relinked)
+					t->ever = 1;  /* it had entries before we looked */
+			}
+			if (t->present > t->lowest)
+				t->ever = 1;
+			settle(v, t, level);
+			/* Unlinked and emptied after a fully observed life: the table is gone, forget it. */
+			if (!t->linked && t->present == 0 && t->lowest == 0)
+				tables.delete(&k);
+		}
+	}
+	int nl_old = po && !spte_leaf(old, level), nl_new = pn && !spte_leaf(new, level);
+	if (nl_old != nl_new && level >= 2) {
+		u32 child = level - 1;
+		struct table_key k = {.vm = vm, .as_id = as_id, .level = child, .base_gfn = table_base(gfn, child)};
+		struct table_state *c = table_of(&k, nl_new);
+		if (!c)
+			return;
+		if (nl_new) {
+			/* Linked anew: "once had entries" starts over, and the table's life is now fully observed. */
+			c->linked = 1;
+			c->ever = 0;
+			c->relinked = 1;
+			c->lowest = c->present;
+			settle(v, c, child);
+		} else {
+			/* Unlinked: its entries are zapped next (recursive teardown); forget it once they are. */
+			c->linked = 0;
+			settle(v, c, child);
+			if (c->present == 0 && c->lowest == 0)
+				tables.delete(&k);
+		}
+	}
 }
 
 #ifndef NO_TDP_TRACEPOINT
@@ -146,53 +206,35 @@ TRACEPOINT_PROBE(kvmmmu, kvm_tdp_mmu_spte_changed)
 	if (filtered(vm))
 		return 0;
 	struct vm_stats *v = stats_of(vm);
-	if (!v)
-		return 0;
-	u64 old = args->old_spte, new = args->new_spte;
-	u32 level = args->level;
-	u8 as_id = args->as_id;
-	u64 gfn = args->gfn;
-	int po = spte_present(old), pn = spte_present(new);
-	v->spte_changes++;
-	if (level >= STATS_LEVELS)
-		return 0;
-	if (po && !pn) {
-		if (spte_leaf(old, level))
-			v->zap_leaf[level]++;
-		else
-			v->zap_nonleaf[level]++;
-	}
-	if (po != pn) {
-		/* A table with no link op seen yet is assumed linked, except roots (level 4+, nothing links them
-		 * unless a level-5 entry does). */
-		struct table_state *t = table_of(vm, as_id, level, gfn, level < 4);
-		if (t) {
-			__sync_fetch_and_add(&t->present, pn ? 1 : -1);
-			if (pn)
-				t->ever = 1;
-			settle(v, t, level);
-		}
-	}
-	int nl_old = po && !spte_leaf(old, level), nl_new = pn && !spte_leaf(new, level);
-	if (nl_old != nl_new && level >= 2) {
-		u32 child = level - 1;
-		struct table_state *c = table_of(vm, as_id, child, gfn, nl_new);
-		if (!c)
-			return 0;
-		if (nl_new) {
-			/* Linked anew: a fresh table; "once had entries" starts over. */
-			c->linked = 1;
-			c->present = 0;
-			c->ever = 0;
-			settle(v, c, child);
-		} else {
-			c->linked = 0;
-			settle(v, c, child);
-			struct table_key k = {.vm = vm, .as_id = as_id, .level = child, .base_gfn = table_base(gfn, child)};
-			tables.delete(&k);
-		}
-	}
+	if (v)
+		count_spte_change(v, vm, args->as_id, args->gfn, args->level, args->old_spte, args->new_spte);
 	return 0;
+}
+#endif
+
+#ifdef STATS_REPLAY
+/* Tests only: feed one struct replay_event (after 16 bytes of padding: XDP test packets need an Ethernet
+ * header's 14) through the
+ * same counting code, with BPF_PROG_TEST_RUN, to check it against captures of real kernels. */
+int replay(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	struct replay_event *e = data + 16;
+	if ((void *)(e + 1) > end)
+		return XDP_ABORTED;
+	u32 vm = e->vm;
+	struct vm_stats *v = stats.lookup(&vm);
+	if (!v) {
+		u32 z = 0;
+		struct vm_stats *zero = zero_stats.lookup(&z);
+		if (!zero)
+			return XDP_ABORTED;
+		v = stats.lookup_or_try_init(&vm, zero);
+		if (!v)
+			return XDP_ABORTED;
+	}
+	count_spte_change(v, vm, e->as_id, e->gfn, e->level, e->old_spte, e->new_spte);
+	return XDP_PASS;
 }
 #endif
 

@@ -39,10 +39,23 @@ struct table_key {
 
 struct table_state {
 	__s64 present;  /* entries installed minus entries zapped since the table was first seen */
+	__s64 lowest;   /* lowest `present` so far: below 0 = entries installed before we looked */
 	__u8 linked;    /* the non-leaf SPTE one level up is present */
 	__u8 ever;      /* had present entries since it was (re)linked */
 	__u8 retained;  /* currently counted in vm_stats.retained */
-	__u8 pad[5];
+	__u8 relinked;  /* a link op was seen: the table's whole life since then is known */
+	__u8 pad[4];
+};
+
+/* One SPTE change fed to the replay program (tests only, -DSTATS_REPLAY): the tracepoint's fields. */
+struct replay_event {
+	__u64 gfn;
+	__u64 old_spte;
+	__u64 new_spte;
+	__u32 vm;
+	__u8 level;
+	__u8 as_id;
+	__u16 pad;
 };
 
 /* The comm of the task that first charged a VM (user space prefers /proc/PID/comm while it lives). */

@@ -194,7 +194,7 @@ class StatsReader:
                                     "install python3-bpfcc (Debian/Ubuntu) and use a venv with system site "
                                     "packages: sudo bash scripts/bootstrap.sh")
         try:
-            self.bpf = BPF(src_file=str(probes_dir() / "stats.bpf.c"), cflags=cflags)
+            self.bpf = BPF(src_file=str(probes_dir() / "stats.bpf.c").encode(), cflags=cflags)
         except Exception as exc:  # BCC raises bare Exception on compile/load failure
             raise MissingCapability(f"could not load the statistics program ({exc})",
                                     "check kernel headers for BCC (/lib/modules/$(uname -r)/build and source)")
@@ -204,12 +204,12 @@ class StatsReader:
             try:
                 for s in span_syms:
                     fn = "span_enter" if is_compiler_copy(s) else "span_enter_kvm"
-                    self.bpf.attach_kprobe(event=s, fn_name=fn)
-                    self.bpf.attach_kretprobe(event=s, fn_name="span_return")
+                    self.bpf.attach_kprobe(event=s.encode(), fn_name=fn.encode())
+                    self.bpf.attach_kretprobe(event=s.encode(), fn_name=b"span_return")
                     attached.append(f"kprobe:{s}")
                 for s in yield_syms:
-                    self.bpf.attach_kprobe(event=s, fn_name="yield_enter")
-                    self.bpf.attach_kretprobe(event=s, fn_name="yield_return")
+                    self.bpf.attach_kprobe(event=s.encode(), fn_name=b"yield_enter")
+                    self.bpf.attach_kretprobe(event=s.encode(), fn_name=b"yield_return")
                     attached.append(f"kprobe:{s}")
             except Exception as exc:
                 ok, reason = False, f"attaching kprobes failed ({str(exc).splitlines()[0][:100]})"
