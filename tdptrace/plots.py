@@ -205,7 +205,11 @@ def plot_span_timeline(caps: Captures, threshold_ns: int = DEFAULT_THRESHOLD_NS)
     ax.yaxis.set_major_formatter(FuncFormatter(_ms_formatter))
     ax.set_xlabel("time since the first zap span (s); bar = span start to end")
     ax.set_ylabel("longest gap without a yield (log scale)")
-    ax.legend(loc="best", frameon=False, fontsize=9)
+    if single:
+        ax.legend(loc="best", frameon=True, framealpha=0.85, fontsize=9)
+    else:  # one entry per function and capture: below the plot, where it hides no span
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8,
+                   frameon=False)
     ax.grid(alpha=0.3, which="major")
     return fig
 
