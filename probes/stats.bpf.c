@@ -93,7 +93,7 @@ static __always_inline struct vm_stats *stats_of(u32 vm)
 		return 0;
 	v = stats.lookup_or_try_init(&vm, zero);
 	if (!v) {
-		count_lost(LOST_MAP_FULL);
+		count_lost(LOST_VM_MAP_FULL);
 		return 0;
 	}
 	struct comm_name c = {};
@@ -135,7 +135,7 @@ static __always_inline struct table_state *table_of(struct table_key *k, u8 link
 	tables.insert(k, &fresh);  /* fails when another CPU inserted it first, or when the map is full */
 	t = tables.lookup(k);
 	if (!t)
-		count_lost(LOST_TABLES_FULL);
+		count_lost(LOST_TABLE_MAP_FULL);
 	return t;
 }
 
@@ -322,7 +322,7 @@ static __always_inline int enter(u64 kvm)
 		return 0;
 	struct span_state fresh = {.last_ns = bpf_ktime_get_ns(), .depth = 1, .vm = vm};
 	if (task_span.insert(&tid, &fresh))
-		count_lost(LOST_MAP_FULL);
+		count_lost(LOST_TASK_MAP_FULL);
 	return 0;
 }
 

@@ -70,8 +70,9 @@ struct span_state {
 	__u32 vm;
 };
 
-#define LOST_MAP_FULL 0
-#define LOST_TABLES_FULL 1
-#define LOST_SLOTS 2
+#define LOST_VM_MAP_FULL 0
+#define LOST_TABLE_MAP_FULL 1
+#define LOST_TASK_MAP_FULL 2
+#define LOST_SLOTS 3
 
 #endif

@@ -194,3 +194,30 @@ def test_families_are_built_once_per_snapshot():
     assert again[0] is not first[0]
     reads = [s.value for f in again if f.name == "tdptrace_map_reads" for s in f.samples]
     assert reads == [2]
+
+
+def test_python_layout_matches_probes_stats_h():
+    """STATS_FIELDS and LOST_REASONS mirror probes/stats.h (the BPF side); a drift would mislabel counters."""
+    import re
+
+    from tdptrace.live.stats import LOST_REASONS, STATS_FIELDS, STATS_LEVELS, probes_dir
+
+    h = (probes_dir() / "stats.h").read_text()
+    defines = {k: int(v) for k, v in re.findall(r"#define (\w+) (\d+)", h)}
+    body = h.split("struct vm_stats {", 1)[1].split("};", 1)[0]
+    fields = [(name, defines[n] if n in defines else int(n or 1))
+              for name, n in re.findall(r"__u64 (\w+)(?:\[(\w+)\])?;", body)]
+    assert fields == list(STATS_FIELDS)
+    assert defines["STATS_LEVELS"] == STATS_LEVELS and defines["GAP_BUCKETS"] == GAP_BUCKETS
+    lost = {v: k for k, v in re.findall(r"#define LOST_(\w+) (\d+)", h) if k != "SLOTS"}
+    assert {int(k): v.lower() for k, v in lost.items()} == LOST_REASONS
+
+
+def test_live_modules_stay_free_of_ui_libraries():
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport tdptrace.exporter, tdptrace.live.stats, tdptrace.rolling, tdptrace.metrics.fleet\n"
+            "print(','.join(m for m in ('typer', 'matplotlib', 'rich', 'bcc') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -45,7 +45,7 @@ for _name, _n in STATS_FIELDS:
     _SLICES[_name] = slice(_off, _off + _n)
     _off += _n
 # Keep in sync with LOST_* in probes/stats.h.
-LOST_REASONS: dict[int, str] = {0: "vm_map_full", 1: "table_map_full"}
+LOST_REASONS: dict[int, str] = {0: "vm_map_full", 1: "table_map_full", 2: "task_map_full"}
 
 # The zap loops that hold mmu_lock (KERNEL.md "Zap functions by era"): a span is the outermost of these on a task.
 SPAN_FUNCTIONS: tuple[str, ...] = ("tdp_mmu_zap_leafs", "__tdp_mmu_zap_root", "tdp_mmu_zap_root", "zap_gfn_range")
