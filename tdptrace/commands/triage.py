@@ -43,7 +43,11 @@ def triage_cmd(
     top: Annotated[int, typer.Option("--top", help="How many of the longest stretches to show.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print the triage as one JSON object.")] = False,
 ) -> None:
-    """Verdict first, then the longest stretches without a yield, zap levels, retained tables, kernel log."""
+    """Verdict first, then the longest stretches without a yield, zap levels, retained tables, kernel log.
+
+    Exit status: 0 = no stretch above the threshold, 1 = risk found (a stretch above it, or a kernel
+    stall report during a zap), 2 = cannot tell (bad input, or a capture without zap spans).
+    """
     import tdptrace
     from tdptrace.dmesg import parse_dmesg, parse_utc_offset
     from tdptrace.durations import parse_duration
