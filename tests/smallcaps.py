@@ -51,7 +51,8 @@ def span(span_id: int, ts: int, end_ts: int | None, function: str = "tdp_mmu_zap
 
 
 def write_capture(path: Path, *, spans: list[dict] = (), yields: list[dict] = (), sptes: list[dict] = (),
-                  page_tables: list[dict] = (), markers: list[dict] = (), clock: dict | None = None,
+                  page_tables: list[dict] = (), markers: list[dict] = (), stacks: list[dict] = (),
+                  clock: dict | None = None,
                   kernel: str = "6.1.0-56-amd64") -> Path:
     """Write a complete capture holding the given rows."""
     meta = CaptureMeta(source={"kind": "test"}, kernel={"release": kernel},
@@ -60,7 +61,7 @@ def write_capture(path: Path, *, spans: list[dict] = (), yields: list[dict] = ()
     with CaptureWriter(path, meta) as w:
         seq = 0
         for table, rows in (("sptes", sptes), ("spans", spans), ("yields", yields), ("page_tables", page_tables),
-                            ("markers", markers)):
+                            ("markers", markers), ("stacks", stacks)):
             if rows:
                 w.append(table, _frame(table, list(rows), seq))
                 seq += len(rows)

@@ -235,3 +235,18 @@ def test_ibt_kernel_kprobe_entries_at_plus_4_give_spans_and_yields(tmp_path, cap
     t = triage(cap)
     assert [s.gap_ns for s in t.stretches] == [19_000_000, 9_151_000]
     assert t.exit_code == 1 and t.stretches[0].context == "memslot delete/move: invalidated roots torn down"
+
+
+def test_caller_path_from_the_recorded_kernel_stack(tmp_path):
+    """A live capture with --stacks: the path is the kernel stack (depth 0 = innermost), outermost first."""
+    frames = ["__tdp_mmu_zap_root+0x0/0x1e0", "kvm_tdp_mmu_zap_invalidated_roots+0x87/0xf0",
+              "kvm_mmu_zap_all_fast+0x1a4/0x1e0", "kvm_page_track_flush_slot+0x5e/0x90",
+              "kvm_set_memslot+0x1f2/0x540", "kvm_vm_ioctl+0x9a1/0x1260"]
+    path = write_capture(tmp_path / "st.tdp", spans=[span(0, 0, 50_000_000, "__tdp_mmu_zap_root", stack_id=7,
+                                                          comm="qemu-system-x86")],
+                         stacks=[{"stack_id": 7, "depth": d, "symbol": f} for d, f in enumerate(frames)])
+    (s,) = triage(tdptrace.open(path)).stretches
+    assert s.path_source == "kernel stack"
+    assert s.caller_path == ["kvm_vm_ioctl", "kvm_set_memslot", "kvm_page_track_flush_slot", "kvm_mmu_zap_all_fast",
+                             "kvm_tdp_mmu_zap_invalidated_roots", "__tdp_mmu_zap_root"]
+    assert s.context == "memslot delete/move: invalidated roots torn down"
