@@ -76,7 +76,24 @@ class CaptureMeta:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if "source" not in known:
             raise BadCapture("meta.json has no 'source'", "the capture is damaged; re-import or re-record it")
+        for name, value in known.items():
+            want = _META_TYPES.get(name)
+            if want is not None and not isinstance(value, want):
+                raise BadCapture(f"malformed meta.json: '{name}' is a {type(value).__name__}, not a {want.__name__}",
+                                 "the capture is damaged; re-import or re-record it")
+        if any(not isinstance(v, dict) or not all(isinstance(n, int) for n in v.values())
+               for v in known.get("tables", {}).values()):
+            raise BadCapture("malformed meta.json: 'tables' entries must map to row and chunk counts",
+                             "the capture is damaged; re-import or re-record it")
         return cls(**known)
+
+
+# The JSON type of each meta.json field, checked on open so a damaged file fails there, in one clear line.
+_META_TYPES: dict[str, type] = {
+    "source": dict, "kernel": dict, "kvm": dict, "host": dict, "clock": dict, "probes": dict, "capabilities": dict,
+    "events": dict, "lost_events": dict, "spte_encoding": str, "status": str, "tables": dict, "created_unix_ns": int,
+    "tool_version": str, "format": str, "notes": list,
+}
 
 
 def default_host() -> dict[str, Any]:
@@ -239,6 +256,10 @@ class Capture:
             return self._frames[key]
         schema = TABLES[name]
         files = sorted((self.path / name).glob("part-*.parquet")) if (self.path / name).is_dir() else []
+        expected = int((self.meta.tables.get(name) or {}).get("chunks", 0) or 0)
+        if len(files) < expected or any(not f.is_file() for f in files):
+            raise BadCapture(f"{self.path}: table '{name}' is damaged ({len([f for f in files if f.is_file()])} "
+                             f"of {expected} chunk files)", "re-import or re-record the capture")
         if files:
             try:
                 parts = [pq.read_table(f, columns=cols, schema=schema) for f in files]

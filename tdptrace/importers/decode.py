@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from tdptrace.importers.textnum import auto_to_u64, dec_to_i64, hex_to_u64
 from tdptrace.kernel_functions import SPTE_CHANGE_FUNCTIONS, YIELD_FUNCTIONS, ZAP_FUNCTIONS, base_symbol
+from tdptrace.schema import MAX_LEVEL
 
 SPTE_CHANGED = "kvm_tdp_mmu_spte_changed"
 GET_PAGE = "kvm_mmu_get_page"
@@ -96,6 +97,16 @@ def _failed_fields(body: pa.Array, names: list[str]) -> dict[str, pa.Array]:
     return {n: pc.struct_field(pc.extract_regex(body, rf"\b{n}=(?P<v>-?[0-9a-fA-Fx]+)"), [0]) for n in names}
 
 
+def _checked(values: np.ndarray, lo: int, hi: int, what: str, event: str, bodies: pa.Array) -> np.ndarray:
+    """`values` when all lie in [lo, hi]; else BadInput naming the first bad line (a level outside 1..5 or an
+    as id above 255 would otherwise wrap silently in the narrow capture columns)."""
+    v = np.asarray(values)
+    bad = (v < lo) | (v > hi) if v.dtype.kind == "i" else (v < np.uint64(lo)) | (v > np.uint64(hi))
+    if bad.any():
+        raise _bad_body(event, f"{what} {v[bad][0]} is outside {lo}..{hi}: " + str(bodies[int(np.flatnonzero(bad)[0])]))
+    return v
+
+
 def decode_sptes(t: pa.Table) -> pd.DataFrame:
     """kvm_tdp_mmu_spte_changed lines -> SPTES frame (hex gfn and SPTE values, decimal level)."""
     body = t.column("body").combine_chunks()
@@ -123,17 +134,18 @@ def decode_sptes(t: pa.Table) -> pd.DataFrame:
         bad = pc.invert(pc.fill_null(words_ok, False)).to_numpy(zero_copy_only=False)
         if bad.any():
             raise _bad_body(SPTE_CHANGED, b[int(np.flatnonzero(bad)[0])].as_py())
-        as_id[idx] = dec_to_i64(tok[0], "as id")
+        as_id[idx] = _checked(dec_to_i64(tok[0], "as id"), 0, 255, "as id", SPTE_CHANGED, b)
         gfn[idx] = hex_to_u64(tok[1], "gfn")
-        level[idx] = dec_to_i64(tok[2], "level")
+        level[idx] = _checked(dec_to_i64(tok[2], "level"), 1, MAX_LEVEL, "level", SPTE_CHANGED, b)
         old[idx] = hex_to_u64(tok[3], "old_spte")
         new[idx] = hex_to_u64(tok[4], "new_spte")
     if fmask.any():
         idx = np.flatnonzero(fmask)
-        f = _failed_fields(body.take(pa.array(idx)), ["as_id", "gfn", "level", "old_spte", "new_spte"])
-        as_id[idx] = auto_to_u64(f["as_id"])
+        b = body.take(pa.array(idx))
+        f = _failed_fields(b, ["as_id", "gfn", "level", "old_spte", "new_spte"])
+        as_id[idx] = _checked(auto_to_u64(f["as_id"]), 0, 255, "as_id", SPTE_CHANGED, b)
         gfn[idx] = auto_to_u64(f["gfn"])
-        level[idx] = auto_to_u64(f["level"])
+        level[idx] = _checked(auto_to_u64(f["level"]), 1, MAX_LEVEL, "level", SPTE_CHANGED, b)
         old[idx] = auto_to_u64(f["old_spte"])
         new[idx] = auto_to_u64(f["new_spte"])
     out.update(as_id=as_id, gfn=gfn, level=level, old_spte=old, new_spte=new)
@@ -162,7 +174,8 @@ def decode_page_tables(t: pa.Table) -> pd.DataFrame:
             raise _bad_body(event[int(idx[bad][0])].as_py(), body.take(pa.array(idx[bad][:1]))[0].as_py())
         gen[idx] = dec_to_i64(pc.struct_field(m, [0]))
         gfn[idx] = hex_to_u64(pc.struct_field(m, [1]), "gfn")
-        level[idx] = dec_to_i64(pc.struct_field(m, [2]))
+        level[idx] = _checked(dec_to_i64(pc.struct_field(m, [2])), 1, MAX_LEVEL, "level", event[int(idx[0])].as_py(),
+                              body.take(pa.array(idx)))
         root_count[idx] = dec_to_i64(pc.struct_field(m, [3]))
         unsync[idx] = pc.equal(pc.struct_field(m, [4]), "unsync").to_numpy(zero_copy_only=False)
         created[idx] = ~pc.fill_null(pc.equal(pc.struct_field(m, [5]), "existing"), False).to_numpy(
@@ -173,7 +186,7 @@ def decode_page_tables(t: pa.Table) -> pd.DataFrame:
                                                        "created"])
         r = auto_to_u64(f["role"]).astype(np.uint32)
         role[idx] = r
-        level[idx] = r & 0xF
+        level[idx] = _checked(r & 0xF, 1, MAX_LEVEL, "role level", event[int(idx[0])].as_py(), body.take(pa.array(idx)))
         gfn[idx] = auto_to_u64(f["gfn"])
         gen[idx] = auto_to_u64(f["mmu_valid_gen"]).astype(np.int64)
         root_count[idx] = auto_to_u64(f["root_count"]).astype(np.int64)

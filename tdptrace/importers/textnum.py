@@ -46,6 +46,14 @@ def dec_to_i64(arr: pa.Array | pa.ChunkedArray, what: str = "value") -> np.ndarr
         raise BadInput(f"a {what} is not a decimal number", "the trace line is damaged")
 
 
+def narrow(values: np.ndarray, dtype: type, what: str) -> np.ndarray:
+    """int64 values as the capture's narrower column type; BadInput instead of a silent wrap-around."""
+    info = np.iinfo(dtype)
+    if values.size and (values.min() < info.min or values.max() > info.max):
+        raise BadInput(f"a {what} is out of range ({values.min()}..{values.max()})", "the trace line is damaged")
+    return values.astype(dtype)
+
+
 def auto_to_u64(arr: pa.Array | pa.ChunkedArray, what: str = "value") -> np.ndarray:
     """Parse kprobe argument values: '0x..' hex, or decimal (possibly negative, stored two's complement)."""
     if isinstance(arr, pa.ChunkedArray):

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tdptrace.importers.textnum import dec_to_i64, seconds_to_ns
+from tdptrace.importers.textnum import dec_to_i64, narrow, seconds_to_ns
 
 HEADER_RE = (r"^\s*(?P<comm>.*)-(?P<tid>\d+)\s+(?:\(\s*(?P<tgid>[-\d]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
              r"(?:(?P<flags>[^\s\[\]:]{4,6})\s+)?(?P<sec>\d+)\.(?P<frac>\d+):\s+(?P<event>[^:\s]+):\s?(?P<body>.*)$")
@@ -143,12 +143,12 @@ def parse_lines(lines: pa.Array, seq0: int, header_re: str = HEADER_RE) -> Parse
         has = pc.and_(pc.is_valid(tgid), pc.match_substring_regex(pc.fill_null(tgid, ""), r"^\d+$"))
         hasn = has.to_numpy(zero_copy_only=False)
         if hasn.any():
-            pid[hasn] = dec_to_i64(tgid.filter(has)).astype(np.int32)
+            pid[hasn] = narrow(dec_to_i64(tgid.filter(has)), np.int32, "pid")
         events = pa.table({
             "ts": seconds_to_ns(f["sec"], f["frac"]),
             "seq": seq,
-            "cpu": dec_to_i64(f["cpu"], "cpu").astype(np.int16),
-            "tid": dec_to_i64(f["tid"], "pid").astype(np.int32),
+            "cpu": narrow(dec_to_i64(f["cpu"], "cpu"), np.int16, "cpu"),
+            "tid": narrow(dec_to_i64(f["tid"], "pid"), np.int32, "pid"),
             "pid": pid,
             "comm": f["comm"],
             "event": f["event"],

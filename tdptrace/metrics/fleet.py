@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tdptrace.errors import BadInput
-from tdptrace.schema import META_FILE
+from tdptrace.schema import META_FILE, TABLES
 
 
 def find_captures(paths: Iterable[Path]) -> list[Path]:
@@ -13,7 +13,8 @@ def find_captures(paths: Iterable[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         p = Path(p)
-        if p.is_dir() and not (p / META_FILE).exists():
+        # A directory with table sub-directories is a capture, even if its meta.json is gone: Capture.open says so.
+        if p.is_dir() and not (p / META_FILE).exists() and not any((p / t).is_dir() for t in TABLES):
             found = sorted(m.parent for m in p.rglob(META_FILE))
             if not found:
                 raise BadInput(f"{p}: no captures in this directory",
