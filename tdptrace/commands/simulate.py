@@ -79,6 +79,7 @@ def simulate_cmd(
                        f"{ph['tables_allocated']:,} tables")
         else:
             typer.echo(f"  {ph['name']:<28} {ph['duration_ns'] / 1e6:,.3f} ms, {ph['yields']} yields, longest "
-                       f"hold {ph['max_gap_ns'] / 1e6:,.3f} ms, retained tables after {ph['retained_after']:,}")
+                       f"hold {ph['max_gap_ns'] / 1e6:,.3f} ms (no check for {ph['max_unbreakable_ns'] / 1e6:,.3f} "
+                       f"ms), retained tables after {ph['retained_after']:,}")
     for n in res.notes:
         typer.echo(f"note: {n}")

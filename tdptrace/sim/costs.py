@@ -25,6 +25,8 @@ SOURCES = {
     "table_free_ns": "estimate: handle_removed_pt visits all 512 entries of the table, then unlinks it and "
                      "queues the RCU free",
     "iter_ns": "estimate: one tdp_iter step (READ_ONCE of the SPTE, need_resched check) per visited entry",
+    "removed_write_ns": "estimate: a shared-mode teardown (handle_removed_pt under the read lock) also "
+                        "exchanges each non-present entry of a freed table for the removed marker",
     "yield_ns": "estimate: remote TLB flush before dropping mmu_lock, rcu_read_unlock/lock, lock re-take",
     "call_ns": "estimate: entry/exit of one zap function call (root walk setup)",
     "fault_ns": "estimate: one EPT/NPT violation handled (only places install events in time)",
@@ -39,6 +41,7 @@ class CostModel:
     nonleaf_zap_ns: float = 51.0
     table_free_ns: float = 600.0
     iter_ns: float = 2.0
+    removed_write_ns: float = 5.0
     yield_ns: float = 2000.0
     call_ns: float = 500.0
     fault_ns: float = 3000.0
@@ -53,7 +56,8 @@ class CostModel:
         return (seg["checks"].to_numpy(np.float64) * self.iter_ns
                 + seg["leaf_zaps"].to_numpy(np.float64) * self.leaf_zap_ns
                 + seg["nonleaf_zaps"].to_numpy(np.float64) * self.nonleaf_zap_ns
-                + seg["tables_freed"].to_numpy(np.float64) * self.table_free_ns)
+                + seg["tables_freed"].to_numpy(np.float64) * self.table_free_ns
+                + seg["removed_writes"].to_numpy(np.float64) * self.removed_write_ns)
 
     def teardown_ns(self, leaf: float, nonleaf: float, tables: float) -> float:
         """Time to tear a subtree down in one go (no yield possible)."""
@@ -85,9 +89,9 @@ class CostModel:
 # Columns of the calibration design matrix, in the order of the fitted coefficients. In the TDP MMU every
 # non-leaf zap frees exactly one table, so the two counts move together and cannot be told apart: they are
 # fitted as one term (the defaults' cost of both, scaled) and split in the defaults' proportion.
-FIT_TERMS = ("leaf_zap_ns", "table_ns", "yield_ns", "call_ns")
+FIT_TERMS = ("leaf_zap_ns", "table_ns", "removed_write_ns", "yield_ns", "call_ns")
 TERM_FIELDS = {"leaf_zap_ns": ("leaf_zap_ns",), "table_ns": ("nonleaf_zap_ns", "table_free_ns"),
-               "yield_ns": ("yield_ns",), "call_ns": ("call_ns",)}
+               "removed_write_ns": ("removed_write_ns",), "yield_ns": ("yield_ns",), "call_ns": ("call_ns",)}
 
 
 def nnls(a: np.ndarray, b: np.ndarray, iters: int = 100) -> np.ndarray:
@@ -118,7 +122,9 @@ def design(spans: pd.DataFrame, frees: pd.DataFrame) -> tuple[np.ndarray, np.nda
     """(A, b) for the fit: one row per innermost complete span with known zaps and known time away.
 
     Terms: leaf zaps; non-leaf zaps and tables freed inside the span (kvm_mmu_prepare_zap_page of the same
-    task between entry and return) weighted by their default costs; yields taken; one call.
+    task between entry and return) weighted by their default costs; non-present entries a shared root pass
+    overwrote in the tables it freed (512 per table minus the present ones, which are zaps); yields taken;
+    one call.
     b = duration minus the time away at yields. Spans with a yield whose return was not traced are left out:
     their time away cannot be separated from the work.
     """
@@ -136,7 +142,14 @@ def design(spans: pd.DataFrame, frees: pd.DataFrame) -> tuple[np.ndarray, np.nda
             nfree[m] = np.searchsorted(ts, end[m], side="right") - np.searchsorted(ts, start[m], side="left")
     away = s["away_ns"].fillna(0).to_numpy(np.float64)
     tables = nonleaf * d.nonleaf_zap_ns + nfree * d.table_free_ns
-    a = np.column_stack([leaf, tables, s["yields"].to_numpy(np.float64), np.ones(len(s))])
+    # Zaps made by the loop itself are the ones at the pass's zap_level; the rest happened inside teardowns.
+    zl = s["zap_level"].fillna(0).to_numpy(np.int64)
+    cols = {lv: s[f"leaf_l{lv}"].fillna(0).to_numpy(np.float64) + s[f"nonleaf_l{lv}"].fillna(0).to_numpy(np.float64)
+            for lv in range(1, 6)}
+    at_level = np.select([zl == lv for lv in range(1, 6)], [cols[lv] for lv in range(1, 6)], 0.0)
+    shared = (s["shared"].fillna(0).to_numpy(np.int64) == 1) & (zl > 0)
+    writes = np.where(shared, np.maximum(512 * nfree - (leaf + nonleaf - at_level), 0.0), 0.0)
+    a = np.column_stack([leaf, tables, writes, s["yields"].to_numpy(np.float64), np.ones(len(s))])
     b = (end - start).astype(np.float64) - away
     return a, b
 
@@ -151,17 +164,21 @@ def fit(parts: list[tuple[pd.DataFrame, pd.DataFrame]], sources: list[str]) -> t
         raise BadInput("the captures hold too few complete zap spans with SPTE events to fit a cost model",
                        "give captures with zap spans and kvm_tdp_mmu_spte_changed (lab or 'record --sptes')")
     # Calls that zapped nothing measure the fixed cost of a call; the rest is fitted on what remains.
-    empty = (a[:, 0] == 0) & (a[:, 1] == 0) & (a[:, 2] == 0)
+    empty = (a[:, :4] == 0).all(axis=1)
     call = float(np.median(b[empty])) if empty.any() else None
     x = np.zeros(len(FIT_TERMS))
-    cols = [0, 1, 2] if call is not None else [0, 1, 2, 3]
+    cols = [0, 1, 2, 3] if call is not None else [0, 1, 2, 3, 4]
     rest = b - (call or 0.0)
     aa = a[~empty][:, cols] if call is not None else a[:, cols]
     bb = rest[~empty] if call is not None else rest
+    # Weight 1/sqrt(duration): long spans dominate less, so the per-table terms that only short passes
+    # reveal are still seen, while long spans keep the per-SPTE cost honest.
+    w = 1.0 / np.sqrt(np.maximum(np.abs(bb), 1000.0))
+    aa, bb = aa * w[:, None], bb * w
     scale = np.where(aa.max(axis=0) > 0, aa.max(axis=0), 1.0)
     x[cols] = nnls(aa / scale, bb) / scale
     if call is not None:
-        x[3] = call
+        x[4] = call
     default = CostModel()
     identified = {k: bool(a[:, i].any()) for i, k in enumerate(FIT_TERMS)}
     ratio = x[0] / default.leaf_zap_ns

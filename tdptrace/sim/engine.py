@@ -265,7 +265,12 @@ class Simulator:
         self.span_id += len(spans)
         zaps = sum((s.zaps for s in spans if s.depth == 0), np.zeros((6, 2), np.int64))
         end = int(wall(np.array([cpu]), side="right")[0])
+        # The longest work no yield check can interrupt, whatever the scheduler does: a recursive teardown,
+        # or the distance between two checks of a loop.
+        td = seg["teardown"].to_numpy(bool) if len(seg) else np.zeros(0, bool)
+        unbreakable = np.where(td, tl.dur, tl.dur / np.maximum(tl.checks, 1))
         return end, {"zaps": zaps, "yields": int(len(ypos)), "max_gap_ns": max_gap_all,
+                     "max_unbreakable_ns": int(unbreakable.max()) if len(unbreakable) else 0,
                      "retained_after": sum(tree.retained().values()), "duration_ns": end - now}
 
     # -- rows --------------------------------------------------------------------------------------------

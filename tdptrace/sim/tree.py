@@ -146,7 +146,9 @@ class Work:
 
     A 'scan' segment is the iteration over one table's in-range entries (a yield check per entry, leaf zaps
     spread over it); a 'teardown' segment is one zapped non-leaf SPTE: one check, then its whole subtree
-    removed without any check. Columns: gfn, level, checks, leaf_zaps, nonleaf_zaps, tables_freed, teardown.
+    removed without any check. Columns: gfn, level, checks, leaf_zaps, nonleaf_zaps, tables_freed,
+    removed_writes (non-present entries of freed tables overwritten with the removed marker: shared mode
+    writes every entry, exclusive mode skips non-present ones), teardown.
     """
 
     segments: pd.DataFrame
@@ -297,7 +299,7 @@ class TdpTree:
             piece = bit_range(p_lo, p_hi)
             scan = pd.DataFrame({"gfn": base[p_row] + p_lo * entry_pages(lv), "level": lv,
                                  "checks": popcount(piece & m_in[p_row]), "leaf_zaps": popcount(piece & zl[p_row]),
-                                 "nonleaf_zaps": 0, "tables_freed": 0, "teardown": False})
+                                 "nonleaf_zaps": 0, "tables_freed": 0, "removed_writes": 0, "teardown": False})
             scan_ids = np.arange(nseg, nseg + len(scan))
             nseg += len(scan)
             seg_parts.append(scan)
@@ -326,7 +328,7 @@ class TdpTree:
                                             np.arange(nseg - len(td), nseg)))
         segs = pd.concat(seg_parts, ignore_index=True) if seg_parts else pd.DataFrame(
             {"gfn": [], "level": [], "checks": [], "leaf_zaps": [], "nonleaf_zaps": [], "tables_freed": [],
-             "teardown": []})
+             "removed_writes": [], "teardown": []})
         segs["seg"] = np.arange(len(segs))
         order = np.lexsort((segs["teardown"].to_numpy(), -segs["level"].to_numpy(np.int64),
                             segs["gfn"].to_numpy(np.int64)))
@@ -339,7 +341,8 @@ class TdpTree:
             events["segment"] = pos[events["segment"].to_numpy()]
         segs = segs.drop(columns="seg").astype({"gfn": np.int64, "level": np.int64, "checks": np.int64,
                                                 "leaf_zaps": np.int64, "nonleaf_zaps": np.int64,
-                                                "tables_freed": np.int64, "teardown": bool})
+                                                "tables_freed": np.int64, "removed_writes": np.int64,
+                                                "teardown": bool})
         return Work(segs, zaps, freed, events)
 
     def _teardown(self, g: np.ndarray, lv: int, shared: bool, removed: int, nonpresent: int, seg0: int,
@@ -354,6 +357,7 @@ class TdpTree:
         leafs = np.zeros(n, dtype=np.int64)
         nonleafs = np.ones(n, dtype=np.int64)  # the zapped SPTE itself
         frees = np.zeros(n, dtype=np.int64)
+        writes = np.zeros(n, dtype=np.int64)  # non-present entries overwritten (shared mode only)
         zaps = np.zeros((6, 2), dtype=np.int64)
         freed = np.zeros(6, dtype=np.int64)
         evs: list[pd.DataFrame] = []
@@ -373,6 +377,8 @@ class TdpTree:
             leafs += np.bincount(ow, weights=n_lf, minlength=n).astype(np.int64)
             nonleafs += np.bincount(ow, weights=n_nl, minlength=n).astype(np.int64)
             frees += np.bincount(ow, minlength=n)
+            if shared:
+                writes += np.bincount(ow, weights=ENTRIES - n_lf - n_nl, minlength=n).astype(np.int64)
             zaps[low, 0] += int(n_lf.sum())
             zaps[low, 1] += int(n_nl.sum())
             freed[low] += int(inside.sum())
@@ -390,7 +396,7 @@ class TdpTree:
                     evs.append(_events(gg, low, nonpresent, removed, "spte", gg, low, 0, seg[r]))
             t.drop(~inside)
         td = pd.DataFrame({"gfn": g, "level": lv, "checks": 1, "leaf_zaps": leafs, "nonleaf_zaps": nonleafs,
-                           "tables_freed": frees, "teardown": True})
+                           "tables_freed": frees, "removed_writes": writes, "teardown": True})
         td.attrs["zaps"] = zaps
         td.attrs["freed"] = freed
         return td, (pd.concat(evs, ignore_index=True) if evs else None)
