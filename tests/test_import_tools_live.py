@@ -84,6 +84,8 @@ def test_trace_dat_from_trace_cmd_extract(tmp_path):
     assert tdptrace.open(tmp_path / "c.tdp").meta.source["input"] == "trace.dat"
     _check(tmp_path / "c.tdp", report)
     assert not list(tmp_path.glob(".tdptrace-report-*"))  # the reported text is removed afterwards
+    # A trace.dat is reported by trace-cmd whatever --format says.
+    assert import_file(dat, tmp_path / "d.tdp", fmt="perf").format == "trace-cmd"
 
 
 @pytest.mark.skipif(shutil.which("perf") is None, reason="perf not installed (apt-get install linux-perf)")

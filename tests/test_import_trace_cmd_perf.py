@@ -310,3 +310,16 @@ def test_damaged_perf_data_is_one_line(tmp_path):
     f.write_bytes(b"PERFILE2" + os.urandom(300))
     one_line_error(run("import", str(f), "-o", str(tmp_path / "c.tdp")), "perf")
     assert not list(tmp_path.glob(".tdptrace-report-*"))
+
+
+def test_unknown_events_are_counted_and_printed(tmp_path):
+    lines = (DATA / "perf-script.txt").read_text().splitlines()
+    odd = ("        tdptrace 23277 [001]  1936.969300:           sched:sched_switch: prev_comm=tdptrace prev_pid=23277 "
+           "==> next_comm=swapper/1 next_pid=0")
+    (tmp_path / "s.txt").write_text("\n".join(lines[:2] + [odd, odd] + lines[2:]) + "\n")
+    p = run("import", str(tmp_path / "s.txt"), "-o", str(tmp_path / "c.tdp"))
+    assert p.returncode == 0, p.stderr
+    assert "unknown events kept as markers: sched:sched_switch (2)" in p.stdout
+    cap = tdptrace.open(tmp_path / "c.tdp")
+    assert cap.meta.events["unknown"] == {"sched:sched_switch": 2}
+    assert int((cap.markers["event"] == "sched:sched_switch").sum()) == 2

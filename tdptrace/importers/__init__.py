@@ -81,7 +81,12 @@ def import_file(path: str | Path, out: str | Path, *, fmt: str = "auto", kernel_
     path = Path(path)
     if fmt not in FORMATS:
         raise BadInput(f"unknown format '{fmt}'", f"use one of {', '.join(FORMATS)}")
-    kind = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "auto":
+        kind = detect_format(path)
+    else:  # a trace.dat / perf.data is reported by its own tool whatever --format says
+        head = sniff(path, 16)
+        kind = ("trace-cmd-dat" if head.startswith(TRACE_DAT_MAGIC) else
+                "perf-data" if head.startswith(PERF_DATA_MAGIC) else fmt)
     reported = None
     if kind in ("trace-cmd-dat", "perf-data"):
         reported = formats.report_binary(path, kind, Path(out).resolve().parent)
