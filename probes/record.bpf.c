@@ -142,7 +142,8 @@ static __always_inline void event_head(struct tdp_event *e, u8 kind)
 #define STAT_TABLES_FULL 2    /* page tables not tracked: map full */
 #define STAT_MAX_LEVEL 3      /* highest SPTE level seen (5 = 5-level paging) */
 #define STAT_UNMATCHED_RETURN 4
-#define STAT_COUNT 5
+#define STAT_RETAINED_PEAK 5  /* most retained non-leaf tables at any one time */
+#define STAT_COUNT 6
 BPF_ARRAY(stats, s64, STAT_COUNT);
 
 BPF_PERCPU_ARRAY(zap_totals, u64, TDP_ZAP_COUNTERS);
@@ -198,6 +199,19 @@ static __always_inline bool is_retained(struct table_state *t, u32 tlevel)
 	return t->linked && t->ever && t->count == 0 && eligible(tlevel);
 }
 
+static __always_inline s64 retained_total(void)
+{
+	s64 sum = 0;
+#pragma unroll
+	for (int i = 1; i <= TDP_LEVELS; i++) {
+		int k = i;
+		s64 *r = retained.lookup(&k);
+		if (r)
+			sum += *r;
+	}
+	return sum;
+}
+
 static __always_inline void retained_move(u32 tlevel, bool before, bool after)
 {
 	if (before == after)
@@ -206,6 +220,13 @@ static __always_inline void retained_move(u32 tlevel, bool before, bool after)
 	s64 *r = retained.lookup(&i);
 	if (r)
 		__sync_fetch_and_add(r, after ? 1 : -1);
+	if (after) {
+		int k = STAT_RETAINED_PEAK;
+		s64 *peak = stats.lookup(&k);
+		s64 total = retained_total();
+		if (peak && total > *peak)
+			*peak = total;
+	}
 }
 
 static __always_inline struct table_state *table_get(u64 key, u8 linked)
@@ -256,19 +277,6 @@ static __always_inline void table_link(u32 as_id, u32 tlevel, u64 gfn, u8 linked
 	retained_move(tlevel, before, after);
 	if (!linked && t->count == 0)
 		tables.delete(&key);
-}
-
-static __always_inline s64 retained_total(void)
-{
-	s64 sum = 0;
-#pragma unroll
-	for (int i = 1; i <= TDP_LEVELS; i++) {
-		int k = i;
-		s64 *r = retained.lookup(&k);
-		if (r)
-			sum += *r;
-	}
-	return sum;
 }
 
 /* ---- per-task span state (kprobes) ---- */

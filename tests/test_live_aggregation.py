@@ -106,6 +106,10 @@ def test_kernel_aggregation_of_a_replayed_trace_gives_expected(name, reference_c
         _replay(b, ops)
         raw = spans_rb.drain()
         yields = decode_events(events_rb.drain(), 0, PointerHasher()).get("yields")
+        ret = b[b"retained"]
+        retained_end = {str(lv): int(ret[ctypes.c_int(lv)].value) for lv in range(1, 6)
+                        if int(ret[ctypes.c_int(lv)].value)}
+        peak = int(b[b"stats"][ctypes.c_int(5)].value)
         zt = b[b"zap_totals"]
         totals = [sum(int(v) for v in zt[ctypes.c_int(i)]) for i in range(10)]
         drops = sum(int(n) for i in (0, 1) for n in b[b"drops"][ctypes.c_int(i)])
@@ -132,3 +136,9 @@ def test_kernel_aggregation_of_a_replayed_trace_gives_expected(name, reference_c
     assert spans[ZAP_COUNT_COLUMNS].to_numpy(np.int64).tolist() == \
         imported[ZAP_COUNT_COLUMNS].to_numpy(np.int64).tolist()
     assert spans[ZAP_COUNT_COLUMNS].to_numpy(np.int64).sum() > 0
+    # retained tables at the end and at their peak: as tdptrace.metrics.retained finds them in the SPTE rows
+    from tdptrace.metrics.retained import retained_summary
+
+    r = retained_summary(tdptrace.open(reference_captures[name]))
+    assert retained_end == r["by_level_at_end"]
+    assert peak == r["peak"] > 0

@@ -221,3 +221,19 @@ def test_record_program_verifies_with_every_option():
                 b.load_func(fn, BPF.KPROBE)
         finally:
             b.cleanup()
+
+
+def test_summary_reads_the_recorders_in_kernel_counters_without_spte_rows(tmp_path):
+    from tdptrace.capture import Capture, CaptureMeta, CaptureWriter
+
+    meta = CaptureMeta(source={"kind": "bcc"}, kernel={"release": "6.1.0-56-amd64"})
+    meta.events = {"counts": {}, "unknown": {}, "zap_totals": {"1": {"leaf": 48644, "nonleaf": 0},
+                                                               "2": {"leaf": 0, "nonleaf": 64}},
+                   "retained_at_end": {"1": 32}, "retained_peak": 40}
+    with CaptureWriter(tmp_path / "c.tdp", meta):
+        pass
+    s = Capture.open(tmp_path / "c.tdp").summary()
+    assert s["zaps_by_level"] == {"1": {"leaf": 48644, "nonleaf": 0}, "2": {"leaf": 0, "nonleaf": 64}}
+    r = s["page_tables"]["retained_nonleaf"]
+    assert (r["at_end"], r["by_level_at_end"], r["bytes_at_end"], r["peak"], r["source"]) == \
+        (32, {"1": 32}, 32 * 4096, 40, "in-kernel counters")

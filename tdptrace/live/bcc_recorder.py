@@ -33,7 +33,7 @@ _KIND_EVENT = {KIND["spte"]: "kvm_tdp_mmu_spte_changed", KIND["get_page"]: "kvm_
                KIND["prepare_zap"]: "kvm_mmu_prepare_zap_page", KIND["zap_all_fast"]: "kvm_mmu_zap_all_fast",
                KIND["split"]: "kvm_mmu_split_huge_page", KIND["yield"]: "yield_point", KIND["syscall"]: "sys_enter"}
 # stats[] indexes in probes/record.bpf.c
-STAT_DEPTH_OVERFLOW, STAT_TABLES_FULL, STAT_UNMATCHED_RETURN = 1, 2, 4
+STAT_DEPTH_OVERFLOW, STAT_TABLES_FULL, STAT_UNMATCHED_RETURN, STAT_RETAINED_PEAK = 1, 2, 4, 5
 
 
 def probes_dir() -> Path:
@@ -284,6 +284,7 @@ class BccRecorder:
             ret = b[b"retained"]
             events["retained_at_end"] = {str(lv): int(ret[ctypes.c_int(lv)].value) for lv in LEVELS
                                          if int(ret[ctypes.c_int(lv)].value)}
+            events["retained_peak"] = int(b[b"stats"][ctypes.c_int(STAT_RETAINED_PEAK)].value)
         stats = b[b"stats"]
         problems = {"spans_too_deep": int(stats[ctypes.c_int(STAT_DEPTH_OVERFLOW)].value),
                     "tables_untracked": int(stats[ctypes.c_int(STAT_TABLES_FULL)].value),

@@ -110,8 +110,15 @@ def summarize(cap: Capture) -> dict[str, Any]:
         pts["allocated"] = None
         pts["freed"] = None
         pts["unavailable"] = "no kvm_mmu_get_page / kvm_mmu_prepare_zap_page events in this capture"
+    counters = (meta.events or {}).get("retained_at_end")
     if len(cap.sptes):
         pts["retained_nonleaf"] = retained_summary(cap)
+    elif counters is not None:  # the live recorder's in-kernel counters (SPTE events not streamed)
+        at_end = int(sum(counters.values()))
+        peak = int(meta.events.get("retained_peak", at_end))
+        pts["retained_nonleaf"] = {"at_end": at_end, "by_level_at_end": counters, "bytes_at_end": at_end * 4096,
+                                   "peak": peak, "peak_ts_ns": None, "peak_bytes": peak * 4096,
+                                   "source": "in-kernel counters"}
     else:
         pts["retained_nonleaf"] = None
         pts["retained_unavailable"] = "no SPTE change events in this capture"
