@@ -222,3 +222,42 @@ def test_stale_instances_of_dead_recorders_are_removed(tmp_path):
     assert remove_stale_instances(tmp_path) == ["tdptrace-4194300"]
     assert sorted(d.name for d in (tmp_path / "instances").iterdir()) == sorted([f"tdptrace-{os.getpid()}",
                                                                                  "someone-else"])
+
+
+# Waits for SIGUSR1, then becomes `tdptrace exercise` (same pid): lets a test pass -p before the VM exists.
+_EXEC_ON_SIGNAL = ("import os, signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1]); "
+                   "print(os.getpid(), flush=True); signal.sigwait([signal.SIGUSR1]); "
+                   "os.execv(sys.executable, [sys.executable, '-m', 'tdptrace.cli', 'exercise', '--json'])")
+
+
+@pytest.mark.live
+def test_pid_filter_keeps_that_vmm_only(tmp_path):
+    _need_live()
+    vmm = subprocess.Popen([sys.executable, "-c", _EXEC_ON_SIGNAL], stdout=subprocess.PIPE, text=True)
+    pid = int(vmm.stdout.readline())
+    other = tmp_path / "other.tdp"
+    p, cap_path = _start_recording(tmp_path, "-p", str(pid))
+    q = subprocess.Popen(TDPTRACE + ["record", "-q", "-o", str(other), "-p", str(os.getpid())],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not ((other / "meta.json").exists() and json.loads((other / "meta.json").read_text())["probes"]["attached"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    with TracefsWitness(f"witness-{os.getpid()}") as w:
+        vmm.send_signal(signal.SIGUSR1)
+        assert json.loads(vmm.stdout.read())["pid"] == pid
+        vmm.wait(60)
+        text = w.stop(tmp_path / "witness.txt")
+    for rec in (p, q):
+        rec.send_signal(signal.SIGINT)
+        assert rec.wait(60) == 0
+    from tdptrace.importers import import_file
+
+    import_file(text, tmp_path / "witness.tdp", kernel_release=os.uname().release)
+    cap = tdptrace.open(cap_path)
+    assert cap.meta.source["pids"] == [pid]
+    assert _counts(cap, pid) == _counts(tdptrace.open(tmp_path / "witness.tdp"), pid)
+    assert set(cap.page_tables["pid"]) <= {pid} and set(cap.markers["pid"]) == {pid}
+    # a recording for another process saw none of this VM's events
+    o = tdptrace.open(other)
+    assert (o.page_tables["pid"] == pid).sum() == 0 and (o.markers["pid"] == pid).sum() == 0
