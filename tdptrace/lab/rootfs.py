@@ -6,8 +6,10 @@ lab kernel; the headers of each kernel are added the first time that kernel asks
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -46,6 +48,27 @@ def _chroot(root: Path, *cmd: str, what: str) -> str:
                 "PATH=/usr/sbin:/usr/bin:/sbin:/bin", *cmd], what=what, timeout=1800)
 
 
+def _project_files(project: Path) -> Iterator[Path]:
+    for name in PROJECT_FILES:
+        p = project / name
+        yield from (sorted(f for f in p.rglob("*") if f.is_file() and "__pycache__" not in f.parts
+                           and ".egg-info" not in str(f)) if p.is_dir() else [p])
+
+
+def _project_digest(project: Path) -> str:
+    """A hash of the project files that go into the rootfs, so an unchanged tree is not reinstalled."""
+    h = hashlib.sha256()
+    for f in _project_files(project):
+        if f.exists():
+            h.update(str(f.relative_to(project)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def _installed_digest(root: Path) -> str:
+    f = root / "opt" / "tdptrace" / ".src-digest"
+    return f.read_text() if f.exists() else ""
+
+
 def build(kernel: Kernel, project: Path | None = None) -> Path:
     """The rootfs with `kernel`'s headers (and tdptrace from `project`, a source tree, when given)."""
     root = cache_dir() / "rootfs" / "bookworm"
@@ -68,7 +91,7 @@ def build(kernel: Kernel, project: Path | None = None) -> Path:
                     what=f"apt-get install {headers} (rootfs)")
             if not (root / "lib" / "modules" / kernel.release / "build").exists():
                 raise MissingCapability(f"{headers} installed no /lib/modules/{kernel.release}/build in the rootfs")
-        if project is not None:
+        if project is not None and _project_digest(project) != _installed_digest(root):
             src = root / "opt" / "tdptrace-src"
             shutil.rmtree(src, ignore_errors=True)
             src.mkdir(parents=True)
@@ -78,9 +101,15 @@ def build(kernel: Kernel, project: Path | None = None) -> Path:
                     shutil.copytree(p, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
                 elif p.exists():
                     shutil.copy2(p, src / name)
+            # Wheels are fetched by the host's own pip (its index and certificates), installed offline inside.
+            wheels = root / "opt" / "wheelhouse"
+            run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(src)],
+                what="pip wheel tdptrace (for the rootfs)", timeout=1800)
             if not (root / "opt" / "tdptrace" / "bin" / "python").exists():
                 _chroot(root, "python3", "-m", "venv", "--system-site-packages", "/opt/tdptrace",
                         what="python3 -m venv (rootfs)")
-            _chroot(root, "/opt/tdptrace/bin/pip", "install", "-q", "/opt/tdptrace-src",
+            _chroot(root, "/opt/tdptrace/bin/pip", "install", "-q", "--no-index", "--find-links", "/opt/wheelhouse",
+                    "--force-reinstall", "--no-deps", *[f"/opt/wheelhouse/{w.name}" for w in wheels.glob("*.whl")],
                     what="pip install tdptrace (rootfs)")
+            (root / "opt" / "tdptrace" / ".src-digest").write_text(_project_digest(project))
     return root

@@ -100,3 +100,14 @@ def test_failed_boot_keeps_the_console(tmp_path: Path) -> None:
         run._boot(k, tmp_path / "out", {"MODE": "discover"}, mem_mib=256, timeout_s=60)
     assert "no status" in str(exc.value)
     assert (tmp_path / "out" / "console.log").exists()
+
+
+@pytest.mark.skipif(os.environ.get("TDPTRACE_LAB_ROOTFS") != "1",
+                    reason="builds the 1 GB BCC rootfs (set TDPTRACE_LAB_ROOTFS=1 to run)")
+def test_chroot_command_runs_beside_the_workload(tmp_path: Path) -> None:
+    """--chroot-cmd: BCC and tdptrace import inside the guest, with the guest kernel's headers in place."""
+    r = run.run(Scenario(kernel="6.1", mib=16, chroot_cmd="python3 -c 'import bcc'; tdptrace --version; "
+                         "test -e /lib/modules/$(uname -r)/build/include && echo headers-ok",
+                         hook_settle_s=5), tmp_path)
+    log = (Path(r.out) / "share" / "out" / "hook.log").read_text()
+    assert "tdptrace 0.1" in log and "headers-ok" in log and "chroot command exit 0" in log
