@@ -152,6 +152,9 @@ class BccRecorder:
         if self.defines["TDP_PERF_BUFFER"]:
             self.events = PerfReader(self.bpf[b"events"], EVENT, self.opts.event_pages)
             self.spans = PerfReader(self.bpf[b"spans"], SPAN, self.opts.span_pages)
+            # Tracepoints fire from the moment BCC loads them; before the perf buffers were open every submit
+            # failed and counted as a drop. Those events precede the recording: start counting now.
+            self.bpf[b"drops"].clear()
         else:
             self.events = RingReader(self.bpf[b"events"].map_fd, self.opts.event_pages * PAGE_SIZE, EVENT)
             self.spans = RingReader(self.bpf[b"spans"].map_fd, self.opts.span_pages * PAGE_SIZE, SPAN)
