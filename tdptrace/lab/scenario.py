@@ -27,6 +27,9 @@ class Scenario:
     chroot_cmd: str | None = None  # a command run inside the BCC rootfs alongside the workload (rootfs.py)
 
     def __post_init__(self) -> None:
+        from tdptrace.lab.kernels import kernel_source
+
+        kernel_source(self.kernel)  # a clear error for an unknown kernel, before anything starts
         if self.mib < 8 or self.mib > 4096 or self.mib % 4:
             raise BadInput(f"--mib {self.mib}: guest memory must be a multiple of 4 MiB in [8, 4096]")
         if self.iters < 1:

@@ -111,3 +111,13 @@ def test_chroot_command_runs_beside_the_workload(tmp_path: Path) -> None:
                          hook_settle_s=5), tmp_path)
     log = (Path(r.out) / "share" / "out" / "hook.log").read_text()
     assert "tdptrace 0.1" in log and "headers-ok" in log and "chroot command exit 0" in log
+
+
+def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from tdptrace.cli import main
+
+    assert main(["lab", "run", "--kernel", "4.19", "--mib", "16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tdptrace: error: unknown lab kernel '4.19'") and "\n" not in err
+    assert main(["lab", "run", "--mib", "6"]) == 2
+    assert "multiple of 4" in capsys.readouterr().err
