@@ -6,8 +6,10 @@ and cached beside the kernel, so a second run boots straight away.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -34,9 +36,10 @@ def kvmtouch() -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     c = out.with_suffix(".c")
     c.write_bytes(src)
-    run(["gcc", "-O2", "-static", "-Wall", "-o", str(out) + ".tmp", str(c)], what="gcc -static kvmtouch.c",
+    tmp = Path(f"{out}.{os.getpid()}.tmp")
+    run(["gcc", "-O2", "-static", "-Wall", "-o", str(tmp), str(c)], what="gcc -static kvmtouch.c",
         hint="the lab needs gcc and libc6-dev (static libc)")
-    Path(str(out) + ".tmp").rename(out)
+    tmp.rename(out)
     return out
 
 
@@ -58,8 +61,8 @@ def build(kernel: Kernel) -> Path:
     out = Path(kernel.dir) / f"initramfs-{h}.cpio"
     if out.exists():
         return out
-    stage = Path(kernel.dir) / ".initramfs-stage"
-    shutil.rmtree(stage, ignore_errors=True)
+    # A private staging directory and an atomic rename: two lab runs may build the same image at once.
+    stage = Path(tempfile.mkdtemp(prefix=".initramfs-stage-", dir=kernel.dir))
     for d in ("bin", "sbin", "proc", "sys", "dev", "share", "tmp", "lib/modules", "sys/kernel/tracing"):
         (stage / d).mkdir(parents=True, exist_ok=True)
     shutil.copy2(BUSYBOX, stage / "bin" / "busybox")
@@ -74,7 +77,7 @@ def build(kernel: Kernel) -> Path:
         shutil.copy2(kernel.module_dir / m, stage / "lib" / "modules" / m)
     (stage / "lib" / "modules" / "load.list").write_text(load)
     names = sorted(str(p.relative_to(stage)) for p in stage.rglob("*"))
-    tmp = out.with_suffix(".tmp")
+    tmp = stage.with_suffix(".cpio")
     with open(tmp, "wb") as fh:
         p = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc", "--owner=0:0"], cwd=stage,
                            input="\n".join(names).encode(), stdout=fh, stderr=subprocess.PIPE)
@@ -84,6 +87,6 @@ def build(kernel: Kernel) -> Path:
     tmp.rename(out)
     for old in Path(kernel.dir).glob("initramfs-*.cpio"):
         if old != out:
-            old.unlink()
+            old.unlink(missing_ok=True)
     shutil.rmtree(stage)
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import os
 import re
 import shutil
 import struct
@@ -215,7 +216,7 @@ def fetch(name: str, *, refresh: bool = False) -> Kernel:
             raise MissingCapability(f"apt-get download {package} left no .deb in {debs}")
     release = package.removeprefix("linux-image-").removesuffix("-unsigned")
     kdir = root / release
-    tmp = root / f".unpack-{release}"
+    tmp = root / f".unpack-{release}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(kdir, ignore_errors=True)
     run(["dpkg-deb", "-x", str(deb), str(tmp)], what=f"dpkg-deb -x {deb.name}")

@@ -45,6 +45,7 @@ class LabRun:
 def _boot(kernel: kernels.Kernel, out: Path, params: dict[str, str], *, mem_mib: int, timeout_s: float,
           files: dict[str, str] | None = None, rootfs: Path | None = None) -> tuple[Path, qemu.Boot]:
     """Boot `kernel` with a fresh share under `out`; return (share/out, boot); raise on a failed guest."""
+    params = dict(params)
     share = out / "share"
     shutil.rmtree(share, ignore_errors=True)
     (share / "out").mkdir(parents=True)
