@@ -120,3 +120,19 @@ def test_calibrate_errors(tmp_path, capsys):
     (tmp_path / "c.json").write_text("{}")
     rc, _, err = _run(capsys, "calibrate", str(tmp_path / "missing.tdp"), "-o", str(tmp_path / "c.json"))
     assert rc == 2 and "already exists" in err
+
+
+def test_triage_compare_and_plot_read_simulated_captures(tmp_path, capsys):
+    """A simulated capture is a capture: triage flags the 5.15 teardown, compare sets two eras side by side."""
+    old, new = tmp_path / "515.tdp", tmp_path / "612.tdp"
+    for out, strat in ((old, "5.15"), (new, "6.12")):
+        assert _run(capsys, "simulate", "-o", str(out), "--size", "16G", "--strategy", strat,
+                    "--contention", "1")[0] == 0
+    rc, text, err = _run(capsys, "triage", str(old))
+    assert "Traceback" not in err and "zap_gfn_range" in text and "219.2 ms" in text
+    rc, text, err = _run(capsys, "compare", str(old), str(new))
+    assert rc == 0, err
+    assert "level 1 leaf" in text
+    rc, text, err = _run(capsys, "plot", str(new), "-o", str(tmp_path / "figs"))
+    assert rc == 0, err
+    assert any((tmp_path / "figs").glob("*.png"))

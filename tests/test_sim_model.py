@@ -125,3 +125,14 @@ def test_capture_meta_records_every_parameter(tmp_path):
     assert src["parameters"]["contention"] == 2 and src["strategy"]["name"] == "5.15"
     assert src["costs"]["leaf_zap_ns"] == pytest.approx(CostModel().leaf_zap_ns)
     assert src["workload"]["layout"]["size_bytes"] == GIB
+
+
+def test_model_imports_neither_ui_nor_plotting():
+    import subprocess
+    import sys
+
+    mods = ["tree", "costs", "scheduler", "strategies", "layout", "engine", "run", "to_capture"]
+    code = ("import sys\n" + "".join(f"import tdptrace.sim.{m}\n" for m in mods) +
+            "print(','.join(m for m in ('typer', 'matplotlib', 'rich', 'bcc') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
