@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tdptrace.kernel_functions import signature
 from tdptrace.schema import LEVELS
 from tdptrace.sim.costs import CostModel
 from tdptrace.sim.layout import Phase, Workload
@@ -230,14 +231,20 @@ class Simulator:
             if sp.depth == 0:
                 max_gap_all = max(max_gap_all, max_gap)
             c = sp.call
+            # Arguments only where the era's function takes them (kernel_functions.SIGNATURES), as a probe
+            # would record them.
+            params = signature(c.function, st.release) or ()
             r = {
                 "ts": int(wall(np.array([sp.start]))[0]), "span_id": int(ids[i]), "function": c.function,
                 "end_ts": int(wall(np.array([sp.end]), side="right")[0]),
                 "parent_id": None if sp.parent is None else int(ids[sp.parent]), "depth": sp.depth,
-                "caller": c.caller, "gfn_start": c.start if c.rule is not None and c.end != ALL else None,
-                "gfn_end": c.end if c.rule is not None and c.end != ALL else None,
-                "zap_level": c.zap_level, "shared": int(c.shared), "can_yield": int(c.can_yield),
-                "flush": c.flush, "yields": int(inside.sum()), "lock_drops": int(inside.sum()),
+                "caller": c.caller,
+                "gfn_start": c.start if "start" in params and c.end != ALL else None,
+                "gfn_end": c.end if "end" in params and c.end != ALL else None,
+                "zap_level": c.zap_level if "zap_level" in params else None,
+                "shared": int(c.shared) if "shared" in params else None,
+                "can_yield": int(c.can_yield) if "can_yield" in params else None,
+                "flush": c.flush if "flush" in params else None, "yields": int(inside.sum()), "lock_drops": int(inside.sum()),
                 "away_ns": int(yaway[inside].sum()), "max_gap_ns": max_gap, "retained_after": sp.retained_after,
             }
             for lv in LEVELS:
