@@ -287,10 +287,7 @@ static __always_inline void record_gap(u32 vm, u64 gap)
 	v->gap_sum_ns += gap;
 	if (gap > v->gap_max_ns)
 		v->gap_max_ns = gap;
-	u32 b = bpf_log2l(gap);
-	if (b >= GAP_BUCKETS)
-		b = GAP_BUCKETS - 1;
-	v->gap_hist[b]++;
+	v->gap_hist[bpf_log2l(gap) & (GAP_BUCKETS - 1)]++;
 	u64 *m = gap_interval_max.lookup(&vm);
 	if (m) {
 		if (gap > *m)

@@ -9,8 +9,9 @@
 
 /* Levels 1..5 are used; index 0 stays zero so a level is its own index. */
 #define STATS_LEVELS 6
-/* log2(ns) buckets: bucket b counts gaps in [2^b, 2^(b+1)) ns; 2^40 ns is about 18 minutes. */
-#define GAP_BUCKETS 41
+/* log2(ns) buckets: bucket b counts gaps in [2^b, 2^(b+1)) ns. 64 so that `b & 63` bounds the index in a
+ * way every verifier follows (a clamp with a compare is rejected by Debian 6.1's). */
+#define GAP_BUCKETS 64
 
 struct vm_stats {
 	__u64 zap_leaf[STATS_LEVELS];     /* kvm_tdp_mmu_spte_changed: present -> not present, leaf */

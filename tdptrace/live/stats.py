@@ -31,7 +31,7 @@ TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
 # Keep in sync with struct vm_stats in probes/stats.h (every member is a u64 or an array of them).
 STATS_LEVELS = 6
-GAP_BUCKETS = 41
+GAP_BUCKETS = 64
 STATS_FIELDS: tuple[tuple[str, int], ...] = (
     ("zap_leaf", STATS_LEVELS), ("zap_nonleaf", STATS_LEVELS), ("pt_alloc", STATS_LEVELS),
     ("pt_free", STATS_LEVELS), ("retained", STATS_LEVELS), ("zap_all_fast", 1), ("spte_changes", 1),
