@@ -261,3 +261,19 @@ def test_pid_filter_keeps_that_vmm_only(tmp_path):
     # a recording for another process saw none of this VM's events
     o = tdptrace.open(other)
     assert (o.page_tables["pid"] == pid).sum() == 0 and (o.markers["pid"] == pid).sum() == 0
+
+
+@pytest.mark.live
+def test_a_failed_compile_leaves_no_capture_and_one_line(tmp_path, monkeypatch):
+    _need_live()
+    from tdptrace.errors import MissingCapability
+    from tdptrace.host import check_host
+    from tdptrace.live import bcc_recorder
+    from tdptrace.live.attach import plan_probes
+    from tdptrace.live.recording import RecordOptions
+
+    monkeypatch.setattr(bcc_recorder, "PROGRAM", "layout.bpf.c.missing")
+    rec = bcc_recorder.BccRecorder(plan_probes(check_host()), RecordOptions(output=tmp_path / "x.tdp"))
+    with pytest.raises(MissingCapability, match="BCC could not compile"):
+        rec.start()
+    assert not (tmp_path / "x.tdp").exists()

@@ -109,6 +109,13 @@ def compile_program(defines: dict[str, int]):
                                 "check kernel headers (tdptrace doctor), or use --backend ftrace")
 
 
+def _remove_empty_capture(path: Path) -> None:
+    """Remove a capture directory that holds nothing but its meta.json (a recording that never started)."""
+    if path.is_dir() and [p.name for p in path.iterdir()] == ["meta.json"]:
+        (path / "meta.json").unlink()
+        path.rmdir()
+
+
 def bcc_compat(bpf_class) -> None:
     """BCC 0.26 cannot map a `signed char` (__s8) map field to ctypes; teach it (harmless where it can)."""
     bpf_class.str2ctype.setdefault("signed char", ctypes.c_byte)
@@ -143,7 +150,11 @@ class BccRecorder:
     # -- start ---------------------------------------------------------------------------------------
     def start(self) -> None:
         self.writer = CaptureWriter(self.opts.output, self.meta, overwrite=self.opts.force)
-        self.bpf = compile_program(self.defines)
+        try:
+            self.bpf = compile_program(self.defines)
+        except BaseException:
+            _remove_empty_capture(self.writer.path)  # nothing was recorded: leave no capture behind
+            raise
         self._attach_kprobes()
         if self.opts.pids:
             pids = self.bpf[b"pids"]
