@@ -52,6 +52,7 @@ def simulate_cmd(
                                             "(0: idle, need_resched never set).")] = 0,
     tick_us: Annotated[int, typer.Option("--tick-us", help="Scheduler tick (HZ=250: 4000).")] = 4000,
     slice_us: Annotated[int, typer.Option("--slice-us", help="Scheduler slice before need_resched.")] = 3000,
+    phase_us: Annotated[int, typer.Option("--phase-us", help="Slice already used when each zap starts.")] = 0,
     sptes: Annotated[str, typer.Option("--sptes", help="Per-SPTE rows: auto (small VMs), yes, no.")] = "auto",
     phys_bits: Annotated[Optional[int], typer.Option("--phys-bits", help="Host MAXPHYADDR (default 46, 52 with "
                                                      "5-level paging).")] = None,
@@ -67,6 +68,7 @@ def simulate_cmd(
     spec = SimSpec(size=size, backing=backing, paging=paging, populated=populated, pattern=pattern,
                    scenario=scenario, start=start, end=end, workload=workload, strategy=strategy,
                    costs=costs, contention=contention, tick_ns=tick_us * 1000, slice_ns=slice_us * 1000,
+                   phase_ns=phase_us * 1000,
                    sptes=sptes, phys_bits=phys_bits)
     path, res = simulate(spec, output, overwrite=force)
     if as_json:

@@ -31,6 +31,7 @@ class SimSpec:
     contention: int = 0
     tick_ns: int = 4_000_000
     slice_ns: int = 3_000_000
+    phase_ns: int = 0
     sptes: str = "auto"
     phys_bits: int | None = None
 
@@ -54,9 +55,11 @@ def simulate(spec: SimSpec, output: str | Path, overwrite: bool = False) -> tupl
     """Run the simulation described by spec and write it as a capture."""
     strat = get_strategy(spec.strategy)
     costs = CostModel.load(spec.costs) if spec.costs else CostModel()
-    sched = SchedulerModel(contention=spec.contention, tick_ns=spec.tick_ns, slice_ns=spec.slice_ns)
-    if spec.contention < 0 or spec.tick_ns <= 0 or spec.slice_ns <= 0:
-        raise BadInput("contention must be >= 0 and tick/slice positive", "check --contention, --tick-us, --slice-us")
+    sched = SchedulerModel(contention=spec.contention, tick_ns=spec.tick_ns, slice_ns=spec.slice_ns,
+                           phase_ns=spec.phase_ns)
+    if spec.contention < 0 or spec.tick_ns <= 0 or spec.slice_ns <= 0 or spec.phase_ns < 0:
+        raise BadInput("contention and phase must be >= 0, tick and slice positive",
+                       "check --contention, --tick-us, --slice-us, --phase-us")
     wl = spec.build()
     ident = Identity()
     res = Simulator(strat, costs, sched, spec.sptes, spec.phys_bits, ident).run(wl)
