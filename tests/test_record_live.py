@@ -277,3 +277,17 @@ def test_a_failed_compile_leaves_no_capture_and_one_line(tmp_path, monkeypatch):
     with pytest.raises(MissingCapability, match="BCC could not compile"):
         rec.start()
     assert not (tmp_path / "x.tdp").exists()
+
+
+@pytest.mark.live
+def test_auto_backend_falls_back_to_ftrace_when_bcc_cannot_compile(tmp_path, monkeypatch):
+    _need_live()
+    from tdptrace import cli
+    from tdptrace.live import bcc_recorder
+
+    monkeypatch.setattr(bcc_recorder, "PROGRAM", "layout.bpf.c.missing")
+    rc = cli.main(["record", "-q", "-d", "1s", "-o", str(tmp_path / "a.tdp")])
+    assert rc == 0
+    assert tdptrace.open(tmp_path / "a.tdp").meta.source["kind"] == "ftrace"
+    rc = cli.main(["record", "-q", "-d", "1s", "--backend", "bcc", "-o", str(tmp_path / "b.tdp")])
+    assert rc == 2 and not (tmp_path / "b.tdp").exists()

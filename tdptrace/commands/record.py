@@ -86,15 +86,19 @@ def record_cmd(
     if report.tracefs is None:
         raise MissingCapability("tracefs is not mounted", "mount -t tracefs nodev /sys/kernel/tracing "
                                 "(sudo bash scripts/bootstrap.sh does it)")
+    from tdptrace.live.ftrace_backend import FtraceRecorder
+
     if chosen == "bcc":
         from tdptrace.live.bcc_recorder import BccRecorder
 
-        recorder = BccRecorder(plan, opts, argv=command)
-    else:
-        from tdptrace.live.ftrace_backend import FtraceRecorder
-
-        recorder = FtraceRecorder(plan, opts, argv=command)
-    _run(recorder, plan, secs, command, quiet)
+        try:
+            _run(BccRecorder(plan, opts, argv=command), plan, secs, command, quiet)
+            return
+        except MissingCapability as exc:  # raised before anything was recorded or COMMAND started
+            if backend != "auto":
+                raise
+            typer.echo(f"tdptrace: note: {exc.message}; recording with --backend ftrace instead", err=True)
+    _run(FtraceRecorder(plan, opts, argv=command), plan, secs, command, quiet)
 
 
 def _choose_backend(backend: str, report) -> str:
