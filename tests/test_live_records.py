@@ -266,3 +266,15 @@ def test_perf_buffer_fallback_delivers_every_record():
         assert r.lost == 0 and _drops(b) == 0
     finally:
         b.cleanup()
+
+
+def test_recorder_modules_import_neither_ui_nor_bcc():
+    import subprocess
+    import sys
+
+    mods = ["tdptrace.live.attach", "tdptrace.live.bcc_recorder", "tdptrace.live.ftrace_backend",
+            "tdptrace.live.records", "tdptrace.live.recording", "tdptrace.live.transport"]
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in mods) +
+            "print(','.join(m for m in ('typer', 'matplotlib', 'rich', 'bcc') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
