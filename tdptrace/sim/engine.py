@@ -81,6 +81,21 @@ class _Span:
     retained_after: int = 0
 
 
+def call_args(c: Call, release: str) -> dict[str, Any]:
+    """The span's argument columns, only where the era's function takes them (kernel_functions.SIGNATURES),
+    as a probe on that function would record them."""
+    params = signature(c.function, release) or ()
+    ranged = c.end != ALL
+    return {
+        "gfn_start": c.start if "start" in params and ranged else None,
+        "gfn_end": c.end if "end" in params and ranged else None,
+        "zap_level": c.zap_level if "zap_level" in params else None,
+        "shared": int(c.shared) if "shared" in params else None,
+        "can_yield": int(c.can_yield) if "can_yield" in params else None,
+        "flush": c.flush if "flush" in params else None,
+    }
+
+
 class Simulator:
     """Runs workloads on a fresh tree; one instance per capture."""
 
@@ -230,22 +245,13 @@ class Simulator:
             max_gap = int(np.round(np.diff(bounds).max())) if len(bounds) > 1 else 0
             if sp.depth == 0:
                 max_gap_all = max(max_gap_all, max_gap)
-            c = sp.call
-            # Arguments only where the era's function takes them (kernel_functions.SIGNATURES), as a probe
-            # would record them.
-            params = signature(c.function, st.release) or ()
             r = {
-                "ts": int(wall(np.array([sp.start]))[0]), "span_id": int(ids[i]), "function": c.function,
+                "ts": int(wall(np.array([sp.start]))[0]), "span_id": int(ids[i]), "function": sp.call.function,
                 "end_ts": int(wall(np.array([sp.end]), side="right")[0]),
                 "parent_id": None if sp.parent is None else int(ids[sp.parent]), "depth": sp.depth,
-                "caller": c.caller,
-                "gfn_start": c.start if "start" in params and c.end != ALL else None,
-                "gfn_end": c.end if "end" in params and c.end != ALL else None,
-                "zap_level": c.zap_level if "zap_level" in params else None,
-                "shared": int(c.shared) if "shared" in params else None,
-                "can_yield": int(c.can_yield) if "can_yield" in params else None,
-                "flush": c.flush if "flush" in params else None, "yields": int(inside.sum()), "lock_drops": int(inside.sum()),
-                "away_ns": int(yaway[inside].sum()), "max_gap_ns": max_gap, "retained_after": sp.retained_after,
+                "caller": sp.call.caller, **call_args(sp.call, st.release),
+                "yields": int(inside.sum()), "lock_drops": int(inside.sum()), "away_ns": int(yaway[inside].sum()),
+                "max_gap_ns": max_gap, "retained_after": sp.retained_after,
             }
             for lv in LEVELS:
                 r[f"leaf_l{lv}"] = int(sp.zaps[lv, 0])
