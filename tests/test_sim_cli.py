@@ -50,6 +50,8 @@ def test_simulate_json_and_rcu_stall_note(tmp_path, capsys):
     (["--scenario", "reboot"], "unknown scenario"),
     (["--sptes", "maybe"], "--sptes must be"),
     (["--size", "512T"], "does not fit 4-level"),
+    (["--size", "128T"], "below MAXPHYADDR 46"),
+    (["--size", "4G", "--phys-bits", "31"], "below MAXPHYADDR 31"),
 ])
 def test_simulate_bad_input_is_one_line(tmp_path, capsys, argv, message):
     rc, _, err = _run(capsys, "simulate", "-o", str(tmp_path / "x.tdp"), *argv)

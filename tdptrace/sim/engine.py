@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tdptrace.errors import BadInput
 from tdptrace.kernel_functions import signature
 from tdptrace.schema import LEVELS
 from tdptrace.sim.costs import CostModel
@@ -111,6 +112,9 @@ class Simulator:
     def run(self, wl: Workload) -> SimResult:
         lay = wl.layout
         phys = self.phys_bits or (52 if lay.paging == 5 else 46)
+        if not 32 <= phys <= 52 or lay.size_bytes > (1 << phys):
+            raise BadInput(f"a {lay.size_bytes >> 30} GiB guest does not fit below MAXPHYADDR {phys} bits",
+                           "give --phys-bits between 32 and 52, large enough for --size")
         tree = TdpTree(lay.paging, max_gfn=1 << (phys - 12))
         starts, ends = lay.touched()
         unit = entry_pages(lay.level)
