@@ -424,7 +424,7 @@ def triage(cap: Capture, threshold_ns: int = DEFAULT_THRESHOLD_NS, reports: list
         notes.append("the capture is incomplete (recording stopped abruptly)")
     if reports and matches and all(m.capture_ns is None for m in matches):
         notes.append("no kernel report could be placed on the capture clock")
-    verdict = _verdict(stretches, above, per_span_max, threshold_ns, len(spans), during_zap, max_gap)
+    verdict = _verdict(stretches, above, per_span_max, threshold_ns, len(spans), during_zap)
     return Triage(
         risk=risk, verdict=verdict, exit_code=EXIT_RISK if risk else EXIT_CLEAN, threshold_ns=threshold_ns,
         max_gap_ns=max_gap, spans=int(len(spans)),
@@ -449,7 +449,7 @@ def _log_summary(matches: list[ReportMatch]) -> str:
 
 
 def _verdict(stretches: list[Stretch], above: pd.DataFrame, per_span_max: pd.Series, threshold_ns: int,
-             n_spans: int, during_zap: list[ReportMatch], max_gap: int | None) -> str:
+             n_spans: int, during_zap: list[ReportMatch]) -> str:
     if not stretches:
         return f"Cannot tell: none of the {n_spans} zap spans has a measurable gap."
     w = stretches[0]
