@@ -172,8 +172,10 @@ static __always_inline void count_spte_change(struct vm_stats *v, u32 vm, u8 as_
 			if (t->present > t->lowest)
 				t->ever = 1;
 			settle(v, t, level);
-			/* Unlinked and emptied after a fully observed life: the table is gone, forget it. */
-			if (!t->linked && t->present == 0 && t->lowest == 0)
+			/* Unlinked and emptied after a fully observed life: the table is gone, forget it. A table
+			 * populated before we looked keeps its (unlinked) state, or its remaining entries' zaps would
+			 * recreate it as linked; user space drops such leftovers with the VM. */
+			if (t->relinked && !t->linked && t->present == 0)
 				tables.delete(&k);
 		}
 	}
@@ -185,17 +187,19 @@ static __always_inline void count_spte_change(struct vm_stats *v, u32 vm, u8 as_
 		if (!c)
 			return;
 		if (nl_new) {
-			/* Linked anew: "once had entries" starts over, and the table's life is now fully observed. */
+			/* Linked anew: a new, empty table (KVM links a table before filling it), whose whole life
+			 * is now observed; "once had entries" starts over. */
 			c->linked = 1;
+			c->present = 0;
+			c->lowest = 0;
 			c->ever = 0;
 			c->relinked = 1;
-			c->lowest = c->present;
 			settle(v, c, child);
 		} else {
 			/* Unlinked: its entries are zapped next (recursive teardown); forget it once they are. */
 			c->linked = 0;
 			settle(v, c, child);
-			if (c->present == 0 && c->lowest == 0)
+			if (c->relinked && c->present == 0)
 				tables.delete(&k);
 		}
 	}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 
@@ -12,9 +13,9 @@ from livestats import REPO, TDPTRACE, TracefsCounter, require_live, run_exercise
 from tdptrace.live.stats import STATS_WORDS, Features, Snapshot, VmTotals, _SLICES, interval
 
 
-def _start_top(*args: str) -> subprocess.Popen:
+def _start_top(*args: str, **kw) -> subprocess.Popen:
     p = subprocess.Popen(TDPTRACE + ["top", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         cwd=REPO)
+                         cwd=REPO, **kw)
     line = p.stderr.readline()  # printed once the program is attached and the first snapshot taken
     assert line.startswith("tdptrace top: watching"), line + p.stderr.read()
     return p
@@ -48,6 +49,26 @@ def test_top_once_json_reports_the_exercise_and_p_filters_in_the_kernel():
     if "spans" in obj["unavailable"]:
         assert vm["spans"] is None and vm["max_gap_ns"] is None  # never a made-up 0
     assert [v for v in json.loads(out_other)["vms"] if v["pid"] == report["pid"]] == []
+
+
+@pytest.mark.live
+def test_sigint_prints_the_partial_interval_even_when_started_with_sigint_ignored():
+    """As a background job of a shell (SIGINT ignored), top must still stop on SIGINT and print what it saw."""
+    require_live()
+    top = _start_top("600", "--json", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        report = run_exercise(32)
+        top.send_signal(signal.SIGINT)
+        out, err = top.communicate(timeout=60)
+    finally:
+        if top.poll() is None:
+            top.kill()
+            top.wait()
+    assert top.returncode == 0, err
+    (obj,) = [json.loads(line) for line in out.splitlines()]
+    assert obj["interval_s"] < 600
+    (vm,) = [v for v in obj["vms"] if v["pid"] == report["pid"]]
+    assert vm["zap_all_fast"] == 1 and vm["page_tables"]["allocated"] > 0
 
 
 def _snap(mono_ns: int, leaf1: int, alloc1: int, retained1: int) -> Snapshot:

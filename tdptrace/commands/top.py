@@ -65,7 +65,9 @@ def top_cmd(
         count = 1
     reader = StatsReader(pid=pid, spans=spans)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Explicit handlers: a shell starting top in the background leaves SIGINT ignored, not KeyboardInterrupt.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     state = {"sort": sort}
     missing = reader.features.unavailable()
     view = None if as_json else _LiveView(state, interval)
@@ -77,9 +79,9 @@ def top_cmd(
         if view is not None:
             view.start(stop)
         while count is None or n < count:
-            if stop.wait(max(0.0, prev.mono_ns / 1e9 + interval - time.monotonic_ns() / 1e9)):
+            if stop.wait(max(0.0, prev.mono_ns / 1e9 + interval - time.monotonic_ns() / 1e9)) and not as_json:
                 break
-            cur = reader.read()
+            cur = reader.read()  # with --json, a signal still prints the partial interval: nothing is lost
             rows = [r for r in deltas(prev, cur) if (comm_re is None or comm_re.search(r.comm))
                     and (not active or _busy(r))]
             rows.sort(key=SORT_KEYS[state["sort"]], reverse=True)
@@ -93,6 +95,8 @@ def top_cmd(
                 view.update(rows, cur, lost, missing)
             prev = cur
             n += 1
+            if stop.is_set():
+                break
     except KeyboardInterrupt:
         pass
     finally:

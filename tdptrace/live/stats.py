@@ -247,6 +247,12 @@ class StatsReader:
                 del self.bpf[name][self.bpf[name].Key(vm)]
             except KeyError:
                 pass
+        tables = self.bpf["tables"]  # page-table states the kernel side could not retire on its own
+        for k in [k for k in tables.keys() if k.vm == vm]:
+            try:
+                del tables[k]
+            except KeyError:
+                pass
         self._gone_since.pop(vm, None)
         self._comms.pop(vm, None)
         return True
