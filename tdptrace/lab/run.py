@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tdptrace.errors import MissingCapability, TdpError
+from tdptrace.importers.tracefs import ENTRIES_RE
 from tdptrace.lab import initramfs, kernels, probes, qemu
 from tdptrace.lab.host import cache_dir, ensure_host_packages
 from tdptrace.lab.scenario import Scenario
@@ -117,7 +118,7 @@ def check_lost(out: Path, trace: Path) -> int:
             if m and int(m.group(2)):
                 problems.append(f"{cpu} {m.group(1)}={m.group(2)} ({name})")
     data = trace.read_bytes()
-    m = re.search(rb"entries-in-buffer/entries-written: (\d+)/(\d+)", data[:4096])
+    m = ENTRIES_RE.search(data[:4096].decode(errors="replace"))
     if not m:
         raise TdpError(f"{trace}: no tracefs header (entries-in-buffer/entries-written)")
     in_buf, written = int(m.group(1)), int(m.group(2))
