@@ -537,8 +537,11 @@ static __always_inline int span_begin(void *ctx, u64 id, u64 now, u32 func_id, s
 		sel = owner != 0;
 	}
 #else
+	/* The VM's owner: the VMM's own calls (memslot ioctls) decide; otherwise the first task seen. */
 	if (kvm && a->vmm_call)
 		vm_owner.update(&kvm, &tgid);
+	else if (kvm)
+		vm_owner.insert(&kvm, &tgid);
 #endif
 	struct task_state *st = tasks.lookup(&tid);
 	if (!st) {
