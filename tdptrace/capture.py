@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from tdptrace import __version__
 from tdptrace.errors import BadCapture, BadInput
 from tdptrace.schema import FORMAT_NAME, FORMAT_VERSION, META_FILE, TABLES
+from tdptrace.spte import Encoding
 
 STATUS_RECORDING = "recording"
 STATUS_COMPLETE = "complete"
@@ -81,6 +82,15 @@ class CaptureMeta:
             if want is not None and not isinstance(value, want):
                 raise BadCapture(f"malformed meta.json: '{name}' is a {type(value).__name__}, not a {want.__name__}",
                                  "the capture is damaged; re-import or re-record it")
+        for (name, key), want in _META_NESTED_TYPES.items():
+            inner = known.get(name, {})
+            if key in inner and not isinstance(inner[key], want):
+                value = inner[key]
+                raise BadCapture(f"malformed meta.json: '{name}.{key}' is a {type(value).__name__}",
+                                 "the capture is damaged; re-import or re-record it")
+        if known.get("spte_encoding", "present-bit") not in _SPTE_ENCODINGS:
+            raise BadCapture(f"malformed meta.json: unknown spte_encoding '{str(known['spte_encoding'])[:20]}'",
+                             "the capture is damaged, or written by a newer tdptrace")
         if any(not isinstance(v, dict) or not all(isinstance(n, int) for n in v.values())
                for v in known.get("tables", {}).values()):
             raise BadCapture("malformed meta.json: 'tables' entries must map to row and chunk counts",
@@ -94,6 +104,14 @@ _META_TYPES: dict[str, type] = {
     "events": dict, "lost_events": dict, "spte_encoding": str, "status": str, "tables": dict, "created_unix_ns": int,
     "tool_version": str, "format": str, "notes": list,
 }
+# Values inside those objects that readers use, by (field, key), when the key is present.
+_META_NESTED_TYPES: dict[tuple[str, str], type | tuple[type, ...]] = {
+    ("kernel", "release"): (str, type(None)), ("host", "hostname"): (str, type(None)), ("events", "counts"): dict,
+    ("events", "unknown"): dict,
+    ("events", "zap_totals"): dict, ("events", "retained_at_end"): dict, ("events", "retained_peak"): int,
+    ("lost_events", "total"): int, ("lost_events", "per_cpu"): dict,
+}
+_SPTE_ENCODINGS = frozenset(e.value for e in Encoding)
 
 
 def default_host() -> dict[str, Any]:

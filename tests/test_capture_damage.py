@@ -11,12 +11,15 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tdptrace.cli import main
 from tdptrace.importers import import_file
@@ -24,6 +27,8 @@ from tdptrace.schema import TABLES
 from tracegen import Trace, leaf4k, nonleaf
 
 TABLES_WRITTEN = ("sptes", "spans", "yields", "page_tables", "markers", "lost")
+META_FIELDS = ("source", "kernel", "kvm", "host", "clock", "probes", "capabilities", "events", "lost_events",
+               "spte_encoding", "status", "tables", "created_unix_ns", "tool_version", "format", "format_version", "notes")
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +184,28 @@ def test_damage_through_the_real_command(pristine, tmp_path, what):
 
 def test_every_table_has_a_schema_the_damage_tests_cover():
     assert set(TABLES_WRITTEN) <= set(TABLES)
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-5, 2**65) | st.floats() | st.text(max_size=5),
+                     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+                     max_leaves=6)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(field=st.sampled_from(sorted(META_FIELDS)), inner=st.one_of(st.none(), st.integers(0, 9)), value=_JSON)
+def test_fuzzed_meta_values(pristine, capsys, field, inner, value):
+    """Any JSON value in any meta.json field (or in a key inside one): summary works or fails in one line."""
+    with tempfile.TemporaryDirectory() as d:
+        cap = Path(d) / "c.tdp"
+        shutil.copytree(pristine, cap)
+        meta = _meta(cap)
+        if inner is not None and isinstance(meta[field], dict) and meta[field]:
+            meta[field][sorted(meta[field])[inner % len(meta[field])]] = value
+        else:
+            meta[field] = value
+        (cap / "meta.json").write_text(json.dumps(meta))
+        capsys.readouterr()
+        rc = main(["summary", "--json", str(cap)])
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert rc == 0 or (len(err) == 1 and err[0].startswith("tdptrace: error: ")), err
