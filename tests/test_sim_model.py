@@ -113,6 +113,9 @@ def test_aggregated_and_per_spte_runs_agree(tmp_path):
     assert a["zaps_by_level"] == b["zaps_by_level"] == {"1": {"leaf": 512 * 154, "nonleaf": 0}}
     assert [s["retained_nonleaf_after"] for s in a["spans"]] == [s["retained_nonleaf_after"] for s in b["spans"]]
     assert a["page_tables"]["retained_nonleaf"]["at_end"] == a["spans"][-1]["retained_nonleaf_after"] == 512
+    # Without SPTE rows the summary reads the model's counters: same figures.
+    rb = b["page_tables"]["retained_nonleaf"]
+    assert (rb["source"], rb["at_end"], rb["peak"]) == ("in-kernel counters", 512, 512)
 
 
 def test_capture_meta_records_every_parameter(tmp_path):

@@ -89,6 +89,9 @@ def write_capture(res: SimResult, path: str | Path, source: dict[str, Any], rele
                       "retained_tables": res.sptes is not None and len(res.sptes) > 0},
         events={"counts": counts, "unknown": {}, "zap_totals": totals,
                 "retained_at_end": {str(k): v for k, v in sorted(res.retained_at_end.items())},
+                # Retained tables only change inside zap spans here, so the peak is at the end of one of them.
+                "retained_peak": int(max(res.spans["retained_after"].max() if len(res.spans) else 0,
+                                         sum(res.retained_at_end.values()))),
                 "phases": res.phases},
         spte_encoding="present-bit",
         notes=["simulated capture: figures come from the zap model (tdptrace.sim), not from a kernel"] + res.notes,
