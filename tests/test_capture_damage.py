@@ -191,7 +191,7 @@ _JSON = st.recursive(st.none() | st.booleans() | st.integers(-5, 2**65) | st.flo
                      max_leaves=6)
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None,
+@settings(max_examples=120, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(field=st.sampled_from(sorted(META_FIELDS)), inner=st.one_of(st.none(), st.integers(0, 9)), value=_JSON)
 def test_fuzzed_meta_values(pristine, capsys, field, inner, value):

@@ -323,3 +323,23 @@ def test_unknown_events_are_counted_and_printed(tmp_path):
     cap = tdptrace.open(tmp_path / "c.tdp")
     assert cap.meta.events["unknown"] == {"sched:sched_switch": 2}
     assert int((cap.markers["event"] == "sched:sched_switch").sum()) == 2
+
+
+def test_vcpu_thread_names_and_pid_tid(tmp_path):
+    """QEMU's vCPU threads are called 'CPU 0/KVM'; perf prints 'pid/tid' with -F +pid."""
+    perf_text = ("       CPU 0/KVM  4321/4325 [001]  10.000001000:  kvmmmu:kvm_tdp_mmu_spte_changed: as id 0 gfn 10 "
+                 "level 1 old_spte 800 new_spte 0\n"
+                 "       CPU 1/KVM  4326 [000]  10.000002000:  kvmmmu:kvm_tdp_mmu_spte_changed: as id 0 gfn 11 "
+                 "level 1 old_spte 800 new_spte 0\n")
+    tc_text = ("cpus=2\n"
+               "       CPU 0/KVM-4325  [001]  10.000001: kvm_tdp_mmu_spte_changed: as id 0 gfn 10 level 1 old_spte 800 "
+               "new_spte 0\n")
+    (tmp_path / "p.txt").write_text(perf_text)
+    (tmp_path / "t.txt").write_text(tc_text)
+    import_file(tmp_path / "p.txt", tmp_path / "p.tdp")
+    import_file(tmp_path / "t.txt", tmp_path / "t.tdp")
+    p = tdptrace.open(tmp_path / "p.tdp").sptes
+    assert p[["comm", "pid", "tid", "cpu", "ts"]].values.tolist() == [["CPU 0/KVM", 4321, 4325, 1, 10_000_001_000],
+                                                                      ["CPU 1/KVM", -1, 4326, 0, 10_000_002_000]]
+    t = tdptrace.open(tmp_path / "t.tdp").sptes
+    assert t[["comm", "tid", "cpu", "ts"]].values.tolist() == [["CPU 0/KVM", 4325, 1, 10_000_001_000]]
