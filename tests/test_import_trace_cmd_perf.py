@@ -343,3 +343,10 @@ def test_vcpu_thread_names_and_pid_tid(tmp_path):
                                                                       ["CPU 1/KVM", -1, 4326, 0, 10_000_002_000]]
     t = tdptrace.open(tmp_path / "t.tdp").sptes
     assert t[["comm", "tid", "cpu", "ts"]].values.tolist() == [["CPU 0/KVM", 4325, 1, 10_000_001_000]]
+
+
+@pytest.mark.skipif(shutil.which("perf") is None, reason="perf not installed (apt-get install linux-perf)")
+def test_binary_trace_into_a_missing_directory(tmp_path):
+    f = tmp_path / "perf.data"
+    f.write_bytes(b"PERFILE2" + b"\x00" * 64)
+    one_line_error(run("import", str(f), "-o", str(tmp_path / "nope" / "c.tdp")), "create that directory")

@@ -73,7 +73,11 @@ def report_binary(path: Path, kind: str, workdir: Path | None = None) -> Reporte
         what = "trace.dat" if kind == "trace-cmd-dat" else "perf.data"
         raise BadInput(f"{path} is a {what} file and {prog} is not installed to report it",
                        f"apt-get install {package}, or report it to text where it was recorded")
-    tmp = tempfile.TemporaryDirectory(prefix=".tdptrace-report-", dir=workdir)
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix=".tdptrace-report-", dir=workdir)
+    except OSError as exc:
+        raise BadInput(f"cannot write the {prog} report next to the capture, in {workdir} ({exc.strerror})",
+                       "create that directory or choose another -o")
     try:
         text = Path(tmp.name) / "report.txt"
         _run([exe, *report, str(path)], text, path, prog)
