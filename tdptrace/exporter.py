@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 from tdptrace import __version__
-from tdptrace.live.stats import GAP_BUCKETS, STATS_LEVELS, Snapshot
+from tdptrace.live.stats import STATS_LEVELS, Snapshot
 
 # Histogram buckets: log2 ns buckets 2^13 ns (8.2 us) .. 2^34 ns (17.2 s), covering 10 us .. 10 s.
 FIRST_BUCKET_LOG2 = 13
@@ -219,4 +219,4 @@ def start_http(collector: StatsCollector, host: str, port: int) -> Any:
     return res[0] if isinstance(res, tuple) else None  # prometheus_client < 0.17 returns nothing
 
 
-__all__ = ["Poller", "Published", "StatsCollector", "gap_histogram", "parse_listen", "start_http", "GAP_BUCKETS"]
+__all__ = ["Poller", "Published", "StatsCollector", "gap_histogram", "parse_listen", "start_http"]
