@@ -134,7 +134,12 @@ def test_line_parsers_and_decoder_on_made_up_lines(fmt, blob):
 def _import(blob: bytes, fmt: str, compress: str, naming: str) -> None:
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "trace.txt"
-        src.write_bytes(gzip.compress(blob) if compress == "gz" else lzma.compress(blob) if compress == "xz" else blob)
+        packed = {"gz": gzip.compress, "xz": lzma.compress, "": bytes}
+        if compress == "zst":
+            import zstandard
+
+            packed["zst"] = zstandard.ZstdCompressor().compress
+        src.write_bytes(packed[compress](blob))
         (Path(d) / "ks").write_text(KALLSYMS)
         (Path(d) / "ke").write_text(KPROBE_EVENTS)
         opts = {"kallsyms": Path(d) / "ks"} if naming == "kallsyms" else {"kprobe_events": Path(d) / "ke"}
@@ -152,7 +157,7 @@ def _import(blob: bytes, fmt: str, compress: str, naming: str) -> None:
 
 @settings(max_examples=150, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
-@given(fmt=st.sampled_from(FORMATS), auto=st.booleans(), compress=st.sampled_from(["", "gz", "xz"]),
+@given(fmt=st.sampled_from(FORMATS), auto=st.booleans(), compress=st.sampled_from(["", "gz", "xz", "zst"]),
        naming=st.sampled_from(["kallsyms", "kprobe_events"]), data=st.data())
 def test_import_file_on_mutations(fmt, auto, compress, naming, data):
     blob = data.draw(st.one_of(mutated(fmt), made_up(), st.binary(max_size=300)))

@@ -350,3 +350,17 @@ def test_binary_trace_into_a_missing_directory(tmp_path):
     f = tmp_path / "perf.data"
     f.write_bytes(b"PERFILE2" + b"\x00" * 64)
     one_line_error(run("import", str(f), "-o", str(tmp_path / "nope" / "c.tdp")), "create that directory")
+
+
+def test_zstd_input_whole_multiframe_truncated_and_damaged(tmp_path):
+    zstandard = pytest.importorskip("zstandard", reason="zstandard is a dependency of tdptrace (pyproject.toml)")
+    text = (DATA / "trace-cmd-report.txt").read_bytes()
+    z = zstandard.ZstdCompressor()
+    (tmp_path / "one.zst").write_bytes(z.compress(text))
+    (tmp_path / "two.zst").write_bytes(z.compress(text) + z.compress(text.split(b"\n", 1)[1]))  # as pzstd writes
+    assert import_file(tmp_path / "one.zst", tmp_path / "one.tdp").events == 4
+    assert import_file(tmp_path / "two.zst", tmp_path / "two.tdp").events == 8
+    (tmp_path / "cut.zst").write_bytes(z.compress(text * 50)[:-9])  # zstandard's own reader stops silently here
+    one_line_error(run("import", str(tmp_path / "cut.zst"), "-o", str(tmp_path / "cut.tdp")), "truncated")
+    (tmp_path / "bad.zst").write_bytes(b"\x28\xb5\x2f\xfd" + bytes(range(200)))
+    one_line_error(run("import", str(tmp_path / "bad.zst"), "-o", str(tmp_path / "bad.tdp")), "cannot decompress")

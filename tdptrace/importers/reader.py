@@ -57,8 +57,52 @@ def open_binary(path: Path) -> BinaryIO:
             f.close()
             raise BadInput(f"{path} is zstd-compressed and the zstandard module is missing",
                            "pip install zstandard, or decompress it first: zstd -d FILE")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f))  # type: ignore[arg-type]
+        return io.BufferedReader(_ZstdFrames(f, zstandard), buffer_size=1 << 20)
     return f
+
+
+class _ZstdFrames(io.RawIOBase):
+    """Every zstd frame of a file in turn (pzstd and zstd -T write several). Unlike zstandard's stream_reader,
+    which stops silently, a file that ends inside a frame raises EOFError and damaged data OSError."""
+
+    def __init__(self, raw: BinaryIO, zstandard) -> None:  # noqa: ANN001 - the optional module
+        self._raw, self._z = raw, zstandard
+        self._d = zstandard.ZstdDecompressor().decompressobj()
+        self._buf = bytearray()
+        self._pos = 0
+        self._in_frame = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # noqa: ANN001 - a writable buffer
+        while self._pos >= len(self._buf):
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("the zstd stream ends inside a frame (truncated file)")
+                return 0
+            self._buf, self._pos = bytearray(), 0
+            self._feed(chunk)
+        n = min(len(b), len(self._buf) - self._pos)
+        b[:n] = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def _feed(self, chunk: bytes) -> None:
+        while chunk:
+            if self._d.eof:
+                self._d = self._z.ZstdDecompressor().decompressobj()
+            try:
+                self._buf += self._d.decompress(chunk)
+            except self._z.ZstdError as exc:
+                raise OSError(f"zstd: {exc}") from None
+            self._in_frame = not self._d.eof
+            chunk = self._d.unused_data if self._d.eof else b""
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def sniff(path: Path, size: int = 65536) -> bytes:
