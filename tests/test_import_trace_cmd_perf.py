@@ -142,13 +142,13 @@ def test_perf_lost_record_is_counted(tmp_path):
 def test_trace_cmd_dropped_markers_are_counted(tmp_path):
     lines = (DATA / "trace-cmd-report.txt").read_text().splitlines()
     text = "\n".join(lines[:2] + ["CPU:1 [37 EVENTS DROPPED]"] + lines[2:4] + ["CPU:0 [EVENTS DROPPED]"]
-                     + lines[4:]) + "\n"
+                     + lines[4:] + ["[5 EVENTS DROPPED]"]) + "\n"
     (tmp_path / "t.txt").write_text(text)
     r = import_file(tmp_path / "t.txt", tmp_path / "c.tdp")
-    assert (r.events, r.lost, r.unparsed) == (4, 38, 0)
+    assert (r.events, r.lost, r.unparsed) == (4, 43, 0)
     cap = tdptrace.open(tmp_path / "c.tdp")
-    assert cap.meta.lost_events["per_cpu"] == {"1": 37, "0": 1}
-    assert cap.lost["seq"].tolist() == [1, 3]  # each before the event that follows it
+    assert cap.meta.lost_events["per_cpu"] == {"1": 37, "0": 1, "-1": 5}
+    assert cap.lost["seq"].tolist() == [1, 3, 4]  # each before the event that follows it
 
 
 def test_gzip_trace_cmd_text(tmp_path):

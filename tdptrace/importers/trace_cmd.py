@@ -6,7 +6,8 @@
 With -l (latency format) the CPU and flags run together: "kvmx-11704   1...1.  1374.498146: ..."; a trace
 recorded into a tracefs instance prefixes each event with "INSTANCE: ".
 Lost markers come from trace-cmd's trace-read.c: 'CPU:%d [%lld EVENTS DROPPED]' and, when the count is
-unknown, 'CPU:%d [EVENTS DROPPED]' (counted as 1: at least one event was lost there).
+unknown, 'CPU:%d [EVENTS DROPPED]' (counted as 1: at least one event was lost there); a bare
+'[N EVENTS DROPPED]' is counted on CPU -1 (unknown).
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from tdptrace.importers.tracefs import ParsedBlock
 _NOTE_RE = r"^\s*(?:cpus=\d+|version = \d+|CPU \d+ is empty)\s*$"
 _DROPPED_RE = r"^\s*CPU:\s*(\d+)\s+\[(\d+) EVENTS DROPPED\]\s*$"
 _DROPPED_UNKNOWN_RE = r"^\s*CPU:\s*(\d+)\s+\[EVENTS DROPPED\]\s*$"
+# Without the CPU (older trace-cmd): counted on CPU -1, "unknown".
+_DROPPED_NO_CPU_RE = r"^\s*\[(\d+) EVENTS DROPPED\]\s*$"
+_NO_CPU = 65535
 _LATENCY_RE = r"^(\s*\S.*-\d+)\s+(\d+)(\S{4,6})\s+(\d+\.\d+: )"
 # A trace recorded into a tracefs instance (record/extract -B NAME) prefixes every event with "NAME: ".
 _INSTANCE_RE = r"^[^\s:]+: +(\S.*-\d+ +\[\d+\] )"
@@ -57,6 +61,7 @@ def normalise_lines(lines: pa.Array) -> pa.Array:
     dropped = pc.match_substring(lines, "EVENTS DROPPED]")
     lines = _rewrite(lines, dropped, _DROPPED_RE, r"CPU:\1 [LOST \2 EVENTS]")
     lines = _rewrite(lines, dropped, _DROPPED_UNKNOWN_RE, r"CPU:\1 [LOST 1 EVENTS]")
+    lines = _rewrite(lines, dropped, _DROPPED_NO_CPU_RE, rf"CPU:{_NO_CPU} [LOST \1 EVENTS]")
     note = pc.or_(pc.or_(pc.starts_with(lines, "cpus="), pc.starts_with(lines, "version = ")),
                   pc.starts_with(lines, "CPU "))
     lines = _rewrite(lines, note, _NOTE_RE, "# \\0")
@@ -69,6 +74,7 @@ def line_parser(kallsyms: Kallsyms | None, probes: dict[str, KprobeEvent] | None
 
     def parse(lines: pa.Array, seq0: int) -> ParsedBlock:
         block = tracefs.parse_lines(normalise_lines(lines), seq0)
+        block.lost = [(-1 if cpu == _NO_CPU else cpu, n, seq) for cpu, n, seq in block.lost]
         events = libtraceevent.strip_body(block.events)
         events = libtraceevent.translate_kvm_plugin(events)
         block.events = libtraceevent.name_kprobes(events, kallsyms, probes)
