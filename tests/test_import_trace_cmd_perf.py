@@ -364,3 +364,13 @@ def test_zstd_input_whole_multiframe_truncated_and_damaged(tmp_path):
     one_line_error(run("import", str(tmp_path / "cut.zst"), "-o", str(tmp_path / "cut.tdp")), "truncated")
     (tmp_path / "bad.zst").write_bytes(b"\x28\xb5\x2f\xfd" + bytes(range(200)))
     one_line_error(run("import", str(tmp_path / "bad.zst"), "-o", str(tmp_path / "bad.tdp")), "cannot decompress")
+
+
+@pytest.mark.parametrize("name", ["perf-script.txt", "trace-cmd-report.txt"])
+def test_truncated_last_line_keeps_the_rest_and_exits_1(name, tmp_path):
+    text = (DATA / name).read_text()
+    (tmp_path / "t.txt").write_text(text[:-25])  # cut inside the last event line
+    p = run("import", str(tmp_path / "t.txt"), "-o", str(tmp_path / "c.tdp"))
+    one_line_error(p, "truncated")
+    assert p.returncode == 1
+    assert len(tdptrace.open(tmp_path / "c.tdp").page_tables) == 2  # every page-table line but the cut last one
