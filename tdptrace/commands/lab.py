@@ -24,6 +24,8 @@ def run_cmd(
     hog: Annotated[bool, typer.Option("--hog/--no-hog", help="CPU contention: a busy loop pinned with the "
                                       "workload to CPU 0, so that need_resched is set and zaps yield.")] = False,
     iters: Annotated[int, typer.Option("--iters", help="Repeat the five phases this many times.")] = 1,
+    base_mib: Annotated[int, typer.Option("--base-mib", help="Guest-physical base of the memory in MiB (even); "
+                                          "1024 - MIB/2 makes it straddle a 1 GiB boundary.")] = 0,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Run directory (default: the lab cache's "
                                                 "runs/NAME-TIMESTAMP).")] = None,
     hook: Annotated[Optional[Path], typer.Option("--hook", help="Shell script run inside the guest alongside the "
@@ -42,8 +44,8 @@ def run_cmd(
     from tdptrace.lab.run import run
     from tdptrace.lab.scenario import Scenario
 
-    sc = Scenario(kernel=kernel, mib=mib, thp=thp, hog=hog, iters=iters, hook=hook, rootfs=rootfs,
-                  hook_settle_s=hook_settle, chroot_cmd=chroot_cmd)
+    sc = Scenario(kernel=kernel, mib=mib, thp=thp, hog=hog, iters=iters, base_mib=base_mib, hook=hook,
+                  rootfs=rootfs, hook_settle_s=hook_settle, chroot_cmd=chroot_cmd)
     typer.echo(f"lab: {sc.name} (guest RAM {sc.guest_mib} MiB, trace buffer {sc.buffer_kb} KiB per CPU)", err=True)
     r = run(sc, out)
     if as_json:

@@ -8,15 +8,17 @@
  *   4. delete:    the memslot is deleted (zap_all_fast -> zap invalidated roots / whole tree)
  *   5. close:     vCPU and VM file descriptors are closed (VM teardown)
  *
- * Usage: kvmtouch MIB THP [ITERS [HOG]]
+ * Usage: kvmtouch MIB THP [ITERS [HOG [BASE_MIB]]]
  *   MIB   guest memory in MiB, a multiple of 4, at least 8 and at most 4096
  *   THP   1: back guest memory with 2 MiB pages (MADV_HUGEPAGE), 0: 4 KiB pages (MADV_NOHUGEPAGE)
  *   ITERS how many times to run the whole sequence (default 1)
  *   HOG   1: fork a busy loop pinned to CPU 0 and pin this process to CPU 0 too, so that need_resched
  *         gets set while KVM holds mmu_lock and the zap loops really yield (default 0)
+ *   BASE_MIB  guest-physical address of the memory in MiB, even (default 0). With the memory straddling a
+ *         1 GiB boundary the TDP tree has two 1 GiB entries, as any guest over 1 GiB has.
  *
- * Guest physical layout (identity mapped with 2 MiB guest pages):
- *   0x0000 code, 0x1000 PML4, 0x2000 PDPT, 0x3000.. one PD per GiB; data pages from 2 MiB to MIB.
+ * Guest physical layout, from BASE (identity mapped with 2 MiB guest pages):
+ *   +0x0000 code, +0x1000 PML4, +0x2000 PDPT, +0x3000.. one PD per GiB spanned; data pages from BASE + 2 MiB.
  * The first 2 MiB region therefore has OVERHEAD pages touched by the vCPU itself (code + page tables),
  * which the summary line reports so that tests can do the arithmetic exactly.
  *
@@ -96,7 +98,7 @@ struct vm {
 	int kvm, vm, vcpu;
 	struct kvm_run *run;
 	uint8_t *mem;
-	unsigned long size;
+	unsigned long size, base; /* bytes; base = guest-physical address of mem */
 };
 
 /* Give the vCPU the host-supported CPUID: newer KVM refuses EFER.LME unless the guest CPUID has long mode. */
@@ -123,13 +125,14 @@ static void setup_long_mode(struct vm *v)
 	};
 	uint64_t *pml4 = (uint64_t *)(v->mem + 0x1000);
 	uint64_t *pdpt = (uint64_t *)(v->mem + 0x2000);
-	unsigned long gib, i, n_gib = (v->size + GIB - 1) / GIB;
+	unsigned long gib, i, first = v->base / GIB, last = (v->base + v->size - 1) / GIB;
 
-	pml4[0] = 0x2000 | PTE_P | PTE_W;
-	for (gib = 0; gib < n_gib; gib++) {
-		uint64_t *pd = (uint64_t *)(v->mem + 0x3000 + gib * PAGE);
+	pml4[0] = (v->base + 0x2000) | PTE_P | PTE_W;
+	for (gib = first; gib <= last; gib++) {
+		unsigned long pd_off = 0x3000 + (gib - first) * PAGE;
+		uint64_t *pd = (uint64_t *)(v->mem + pd_off);
 
-		pdpt[gib] = (0x3000 + gib * PAGE) | PTE_P | PTE_W;
+		pdpt[gib] = (v->base + pd_off) | PTE_P | PTE_W;
 		for (i = 0; i < 512; i++)
 			pd[i] = (gib * GIB + i * HUGE) | PTE_P | PTE_W | PTE_PS;
 	}
@@ -138,7 +141,7 @@ static void setup_long_mode(struct vm *v)
 	set_cpuid(v);
 	if (ioctl(v->vcpu, KVM_GET_SREGS, &sregs))
 		die("KVM_GET_SREGS");
-	sregs.cr3 = 0x1000;
+	sregs.cr3 = v->base + 0x1000;
 	sregs.cr4 = CR4_PAE;
 	sregs.cr0 = CR0_PE | CR0_PG;
 	sregs.efer = EFER_LME | EFER_LMA;
@@ -160,7 +163,7 @@ static unsigned long touch(struct vm *v, unsigned long start, unsigned long end)
 	struct kvm_regs regs;
 
 	memset(&regs, 0, sizeof(regs));
-	regs.rip = 0;
+	regs.rip = v->base;
 	regs.rflags = 2;
 	regs.rdi = start;
 	regs.rsi = end;
@@ -188,7 +191,7 @@ static unsigned long touch(struct vm *v, unsigned long start, unsigned long end)
 static void set_slot(struct vm *v, unsigned long size)
 {
 	struct kvm_userspace_memory_region r = {
-		.slot = 0, .flags = 0, .guest_phys_addr = 0, .memory_size = size,
+		.slot = 0, .flags = 0, .guest_phys_addr = v->base, .memory_size = size,
 		.userspace_addr = (uintptr_t)v->mem,
 	};
 
@@ -196,11 +199,12 @@ static void set_slot(struct vm *v, unsigned long size)
 		die(size ? "KVM_SET_USER_MEMORY_REGION" : "KVM_SET_USER_MEMORY_REGION (delete)");
 }
 
-static void iteration(int iter, unsigned long mib, int thp)
+static void iteration(int iter, unsigned long mib, int thp, unsigned long base_mib)
 {
-	struct vm v = { .size = mib << 20 };
+	struct vm v = { .size = mib << 20, .base = base_mib << 20 };
 	unsigned long half = v.size / 2, n1, n3, raw_size = v.size + HUGE;
-	unsigned long overhead = 3 + (v.size + GIB - 1) / GIB; /* code, PML4, PDPT, one PD per GiB */
+	unsigned long gibs = (v.base + v.size - 1) / GIB - v.base / GIB + 1;
+	unsigned long overhead = 3 + gibs; /* code, PML4, PDPT, one PD per GiB spanned */
 	double t0, t, total0 = now();
 	uint8_t *raw;
 	int mmap_size;
@@ -234,7 +238,7 @@ static void iteration(int iter, unsigned long mib, int thp)
 	fflush(stdout);
 
 	t0 = now();
-	n1 = touch(&v, HUGE, v.size);
+	n1 = touch(&v, v.base + HUGE, v.base + v.size);
 	printf("[kvmtouch] phase1-touch-all: touched %lu pages in %.3f s\n", n1, now() - t0);
 	fflush(stdout);
 
@@ -245,7 +249,7 @@ static void iteration(int iter, unsigned long mib, int thp)
 	fflush(stdout);
 
 	t0 = now();
-	n3 = touch(&v, half, v.size);
+	n3 = touch(&v, v.base + half, v.base + v.size);
 	printf("[kvmtouch] phase3-retouch-upper-half: touched %lu pages in %.3f s\n", n3, now() - t0);
 	fflush(stdout);
 
@@ -263,19 +267,20 @@ static void iteration(int iter, unsigned long mib, int thp)
 	printf("[kvmtouch] phase5-close-vm: %.3f s\n", t - t0);
 	printf("[kvmtouch] total %.3f s\n", t - total0);
 	printf("KVMTOUCH iter=%d mib=%lu thp=%d pages_phase1=%lu pages_phase3=%lu overhead_pages=%lu "
-	       "madvised_regions=%lu\n", iter, mib, thp, n1, n3, overhead, (v.size - half) / HUGE);
+	       "madvised_regions=%lu base_mib=%lu gibs=%lu\n", iter, mib, thp, n1, n3, overhead, (v.size - half) / HUGE,
+	       base_mib, gibs);
 	fflush(stdout);
 	munmap(raw, raw_size);
 }
 
 int main(int argc, char **argv)
 {
-	unsigned long mib;
+	unsigned long mib, base_mib = 0;
 	int thp, iters = 1, hog = 0, i;
 	pid_t child = -1;
 
 	if (argc < 3) {
-		fprintf(stderr, "usage: kvmtouch MIB THP [ITERS [HOG]]\n");
+		fprintf(stderr, "usage: kvmtouch MIB THP [ITERS [HOG [BASE_MIB]]]\n");
 		return 2;
 	}
 	mib = strtoul(argv[1], NULL, 0);
@@ -284,8 +289,14 @@ int main(int argc, char **argv)
 		iters = atoi(argv[3]);
 	if (argc > 4)
 		hog = atoi(argv[4]);
+	if (argc > 5)
+		base_mib = strtoul(argv[5], NULL, 0);
 	if (mib < 8 || mib > 4096 || mib % 4) {
 		fprintf(stderr, "[kvmtouch] error: MIB must be a multiple of 4 in [8, 4096], got %lu\n", mib);
+		return 2;
+	}
+	if (base_mib % 2 || base_mib + mib > 512 * 1024) {
+		fprintf(stderr, "[kvmtouch] error: BASE_MIB must be even and the memory below 512 GiB\n");
 		return 2;
 	}
 	if (hog) {
@@ -301,7 +312,7 @@ int main(int argc, char **argv)
 		printf("[kvmtouch] hog pid %d and kvmtouch pinned to cpu 0\n", (int)child);
 	}
 	for (i = 0; i < iters; i++)
-		iteration(i, mib, thp);
+		iteration(i, mib, thp, base_mib);
 	if (child > 0) {
 		kill(child, SIGKILL);
 		waitpid(child, NULL, 0);

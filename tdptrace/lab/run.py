@@ -160,8 +160,9 @@ def run(scenario: Scenario, out: Path | None = None) -> LabRun:
     res = resolve_probes(kernel)
     t_probes = time.monotonic()
     params = {"MODE": "run", "MIB": str(scenario.mib), "THP": str(int(scenario.thp)),
-              "HOG": str(int(scenario.hog)), "ITERS": str(scenario.iters), "BUF_KB": str(scenario.buffer_kb),
-              "EVENTS": " ".join(res.tracepoints), "HOOK_SETTLE": str(scenario.hook_settle_s)}
+              "HOG": str(int(scenario.hog)), "ITERS": str(scenario.iters), "BASE": str(scenario.base_mib),
+              "BUF_KB": str(scenario.buffer_kb), "EVENTS": " ".join(res.tracepoints),
+              "HOOK_SETTLE": str(scenario.hook_settle_s)}
     files = {"kprobe_events": "\n".join(res.lines) + "\n"}
     rootfs_dir = scenario.rootfs
     if scenario.hook is not None:

@@ -21,6 +21,7 @@ class Scenario:
     thp: bool = False
     hog: bool = False
     iters: int = 1
+    base_mib: int = 0  # guest-physical base of the memory; 1024 - mib/2 makes it straddle a 1 GiB boundary
     hook: Path | None = None  # a script run in the guest alongside the workload (init.sh: /share/hook.sh)
     rootfs: Path | None = None  # a directory shared into the guest at /rootfs (e.g. a chroot with BCC)
     hook_settle_s: float = 0.0  # seconds to let the hook start before the workload
@@ -32,6 +33,8 @@ class Scenario:
         kernel_source(self.kernel)  # a clear error for an unknown kernel, before anything starts
         if self.mib < 8 or self.mib > 4096 or self.mib % 4:
             raise BadInput(f"--mib {self.mib}: guest memory must be a multiple of 4 MiB in [8, 4096]")
+        if self.base_mib < 0 or self.base_mib % 2:
+            raise BadInput(f"--base-mib {self.base_mib}: the guest-physical base must be an even number of MiB")
         if self.iters < 1:
             raise BadInput("--iters must be at least 1")
         if self.chroot_cmd and self.hook:
@@ -40,7 +43,8 @@ class Scenario:
     @property
     def name(self) -> str:
         """A short name such as k6.1-512m-hog or k5.10-256m-thp."""
-        return f"k{self.kernel}-{self.mib}m" + ("-thp" if self.thp else "") + ("-hog" if self.hog else "")
+        return (f"k{self.kernel}-{self.mib}m" + (f"-at{self.base_mib}m" if self.base_mib else "")
+                + ("-thp" if self.thp else "") + ("-hog" if self.hog else ""))
 
     @property
     def buffer_kb(self) -> int:
