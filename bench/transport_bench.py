@@ -135,6 +135,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rates", default="100000,300000,1000000,3000000")
+    ap.add_argument("--json", action="store_true", help="also print one JSON object (a line of its own)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (it loads BPF)")
@@ -160,6 +161,9 @@ def main() -> None:
     cap = {c: capacity(c, 200_000, producer) for c in ("batched", "naive")}
     print(f"drain capacity (200,000 queued events, per consumer CPU-second): batched {cap['batched']:,.0f}/s, "
           f"naive {cap['naive']:,.0f}/s, ratio {cap['batched'] / cap['naive']:.1f}x (aim >= 10x)")
+    if args.json:
+        print(json.dumps({"lossless_batched": best["batched"], "lossless_naive": best["naive"],
+                          "capacity_batched": cap["batched"], "capacity_naive": cap["naive"], "at_1m": at_1m}))
     if at_1m:
         reached = at_1m["produced"] / args.seconds
         ok = at_1m["drops"] == 0 and at_1m["core"] < 0.25 and reached >= 950_000
