@@ -59,8 +59,6 @@ def record_cmd(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No live line, no summary.")] = False,
 ) -> None:
     """Record the host's KVM MMU zaps (needs root)."""
-    import os
-
     from tdptrace.live.recording import RecordOptions
 
     if backend not in BACKENDS:
@@ -81,11 +79,16 @@ def record_cmd(
 
         typer.echo(program_text(program_defines(plan, opts)))
         return
-    if os.geteuid() != 0:
+    if not report.check("root").ok:
         raise MissingCapability("record needs root (BPF and tracefs)", "run it with sudo")
     if report.tracefs is None:
         raise MissingCapability("tracefs is not mounted", "mount -t tracefs nodev /sys/kernel/tracing "
                                 "(sudo bash scripts/bootstrap.sh does it)")
+    _refuse_what_cannot_work(report, chosen, backend)
+    if not quiet:
+        tdp = _row(report, "tdp_mmu")
+        if tdp is not None and not tdp.ok:
+            typer.echo(f"tdptrace: note: {tdp.detail}", err=True)
     from tdptrace.live.ftrace_backend import FtraceRecorder
 
     if chosen == "bcc":
@@ -99,6 +102,29 @@ def record_cmd(
                 raise
             typer.echo(f"tdptrace: note: {exc.message}; recording with --backend ftrace instead", err=True)
     _run(FtraceRecorder(plan, opts, argv=command), plan, secs, command, quiet)
+
+
+def _row(report, name: str):
+    try:
+        return report.check(name)
+    except KeyError:
+        return None
+
+
+def _refuse_what_cannot_work(report, chosen: str, backend: str) -> None:
+    """One line naming the missing piece (the doctor row's detail and fix) instead of an empty capture or a
+    compiler error: nothing recordable at all, or --backend bcc without bcc or kernel headers."""
+    if not report.can_record:
+        first = ("kvm", "vendor module", "kvmmmu tracepoints", "zap functions")  # the cause, before its effects
+        rows = sorted((c for c in report.checks if c.status == "missing" and c.fix),
+                      key=lambda c: first.index(c.name) if c.name in first else len(first))
+        row = rows[0] if rows else None
+        raise MissingCapability(report.verdict(), row.fix if row else "run tdptrace doctor")
+    if backend == "bcc" and not report.methods.get("bcc_tracepoints"):
+        for name in ("bcc", "kernel headers"):
+            row = _row(report, name)
+            if row is not None and row.status == "missing":
+                raise MissingCapability(f"--backend bcc: {row.detail}", f"{row.fix}; or use --backend ftrace")
 
 
 def _choose_backend(backend: str, report) -> str:
