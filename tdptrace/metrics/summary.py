@@ -115,7 +115,10 @@ def summarize(cap: Capture) -> dict[str, Any]:
         pts["retained_nonleaf"] = retained_summary(cap)
     elif counters is not None:  # the live recorder's in-kernel counters (SPTE events not streamed)
         at_end = int(sum(counters.values()))
-        peak = int(meta.events.get("retained_peak", at_end))
+        # Without a recorded peak, the best lower bound is the largest value seen after any span.
+        after = cap.spans["retained_after"].dropna() if len(cap.spans) else []
+        lower_bound = max([at_end] + ([int(after.max())] if len(after) else []))
+        peak = int(meta.events.get("retained_peak", lower_bound))
         pts["retained_nonleaf"] = {"at_end": at_end, "by_level_at_end": counters, "bytes_at_end": at_end * 4096,
                                    "peak": peak, "peak_ts_ns": None, "peak_bytes": peak * 4096,
                                    "source": "in-kernel counters"}
