@@ -11,7 +11,7 @@ arrowmem.configure()  # before any command module imports pyarrow
 import typer  # noqa: E402
 
 from tdptrace import __version__  # noqa: E402
-from tdptrace.errors import TdpError  # noqa: E402
+from tdptrace.errors import TdpError, one_line  # noqa: E402
 
 app = typer.Typer(
     name="tdptrace",
@@ -75,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # usage errors (click's ClickException, vendored by recent typer)
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
+        if callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            ctx = getattr(exc, "ctx", None)
+            where = f"; see '{ctx.command_path} -h'" if ctx is not None else ""
+            print(f"tdptrace: error: {one_line(exc.format_message()).rstrip('.')}{where}", file=sys.stderr)
             return exc.exit_code
         raise
     return rc if isinstance(rc, int) else 0

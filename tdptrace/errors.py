@@ -12,8 +12,15 @@ class TdpError(Exception):
         self.exit_code = exit_code
 
     def line(self) -> str:
-        """The one line printed to stderr."""
-        return f"{self.message}; {self.hint}" if self.hint else self.message
+        """The one line printed to stderr; control characters from user input are escaped so it stays one line."""
+        return one_line(f"{self.message}; {self.hint}" if self.hint else self.message)
+
+
+def one_line(text: str) -> str:
+    """`text` with newlines and other non-printable characters escaped (\\n, \\x01): always a single line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class BadInput(TdpError):

@@ -191,8 +191,8 @@ class ExerciseConfig:
         bad = [p for p in self.phases if p not in PHASES]
         if bad:
             raise TdpError(f"unknown phase {', '.join(bad)}", f"choose from {', '.join(PHASES)}")
-        if self.hold_s < 0:
-            raise TdpError("--hold must not be negative")
+        if not 0 <= self.hold_s <= 86400:  # also NaN and inf
+            raise TdpError(f"--hold {self.hold_s} is not usable", "give seconds between 0 and 86400")
 
 
 @dataclass

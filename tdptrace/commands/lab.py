@@ -99,6 +99,7 @@ def probes_cmd(
     from tdptrace.lab import kernels, run
     from tdptrace.lab.host import ensure_host_packages
 
+    kernels.kernel_source(kernel)  # an unknown kernel fails here, before any package is installed
     ensure_host_packages()
     res = run.resolve_probes(kernels.fetch(kernel))
     typer.echo("\n".join(res.lines))
@@ -116,5 +117,6 @@ def rootfs_cmd(
     from tdptrace.lab.host import ensure_host_packages
     from tdptrace.lab.run import source_tree
 
+    kernels.kernel_source(kernel)  # an unknown kernel fails here, before any package is installed
     ensure_host_packages()
     typer.echo(str(rootfs.build(kernels.fetch(kernel), project=source_tree())))

@@ -63,6 +63,8 @@ def record_cmd(
 
     if backend not in BACKENDS:
         raise BadInput(f"--backend {backend!r} is unknown", f"use one of {', '.join(BACKENDS)}")
+    if not 0 <= stack_threshold_ms <= 1e9:  # also NaN and inf, before int() meets them
+        raise BadInput(f"--stack-threshold {stack_threshold_ms} is out of range", "give milliseconds between 0 and 10^9")
     out = output or Path(time.strftime("tdptrace-%Y%m%d-%H%M%S.tdp"))
     opts = RecordOptions(output=out, pids=parse_pids(pid) if pid else (), sptes=sptes, stacks=stacks,
                          stack_min_gap_ns=int(stack_threshold_ms * 1e6), force=force)

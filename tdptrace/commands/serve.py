@@ -43,10 +43,15 @@ def serve_cmd(
         typer.echo((probes_dir() / "stats.bpf.c").read_text())
         return
     host, port = parse_listen(listen)
-    if interval <= 0:
-        from tdptrace.errors import BadInput
+    from tdptrace.optcheck import in_range, pid as check_pid
 
-        raise BadInput(f"--interval {interval} must be positive", "e.g. --interval 1")
+    in_range("--interval", interval, 0, 86400, lo_open=True, unit=" seconds")
+    check_pid("--pid", pid)
+    in_range("--forget-after", forget_after, 0, 10 * 86400, unit=" seconds")
+    in_range("--retain-hours", retain_hours, 0, 24 * 3650, lo_open=True)
+    in_range("--retain-mib", retain_mib, 1, 1 << 30)
+    in_range("--roll-seconds", roll_seconds, 0, 86400, lo_open=True)
+    in_range("--duration", duration, 0, 10 * 365 * 86400, lo_open=True, unit=" seconds")
     roller = None
     if record_dir is not None:
         from tdptrace.rolling import CaptureRoller

@@ -64,6 +64,11 @@ def simulate_cmd(
 
     if sptes not in ("auto", "yes", "no"):
         raise BadInput(f"--sptes must be auto, yes or no, not '{sptes}'", "pick one of the three")
+    from tdptrace.optcheck import in_range
+
+    in_range("--contention", contention, 0, 4096)
+    for opt, us in (("--tick-us", tick_us), ("--slice-us", slice_us), ("--phase-us", phase_us)):
+        in_range(opt, us, 0, 10_000_000, unit=" microseconds")  # ns values must fit the int64 timestamps
     start, end = _range(zap_range)
     spec = SimSpec(size=size, backing=backing, paging=paging, populated=populated, pattern=pattern,
                    scenario=scenario, start=start, end=end, workload=workload, strategy=strategy,

@@ -53,8 +53,12 @@ def top_cmd(
     if ebpf:
         typer.echo((probes_dir() / "stats.bpf.c").read_text())
         return
-    if interval <= 0:
-        raise BadInput(f"interval {interval} must be positive", "e.g. tdptrace top 1")
+    from tdptrace.optcheck import in_range, pid as check_pid
+
+    if not 0 < interval <= 86400:  # also NaN and inf
+        raise BadInput(f"interval {interval} must be positive seconds", "e.g. tdptrace top 1")
+    check_pid("--pid", pid)
+    in_range("count", count, 1, 1 << 40)
     if sort not in SORT_KEYS:
         raise BadInput(f"unknown sort key {sort!r}", f"use one of {', '.join(SORT_KEYS)}")
     try:

@@ -81,6 +81,9 @@ def import_file(path: str | Path, out: str | Path, *, fmt: str = "auto", kernel_
     path = Path(path)
     if fmt not in FORMATS:
         raise BadInput(f"unknown format '{fmt}'", f"use one of {', '.join(FORMATS)}")
+    for opt, given in (("--kallsyms", kallsyms), ("--kprobe-events", kprobe_events)):
+        if given is not None and not Path(given).is_file():
+            raise BadInput(f"{opt} {given}: no such file", "give the traced host's file, copied next to the trace")
     if fmt == "auto":
         kind = detect_format(path)
     else:  # a trace.dat / perf.data is reported by its own tool whatever --format says

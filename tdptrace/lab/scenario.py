@@ -35,8 +35,16 @@ class Scenario:
             raise BadInput(f"--mib {self.mib}: guest memory must be a multiple of 4 MiB in [8, 4096]")
         if self.base_mib < 0 or self.base_mib % 2:
             raise BadInput(f"--base-mib {self.base_mib}: the guest-physical base must be an even number of MiB")
-        if self.iters < 1:
-            raise BadInput("--iters must be at least 1")
+        if not 1 <= self.iters <= 1000:
+            raise BadInput(f"--iters {self.iters} is out of range", "give 1 to 1000")
+        if self.base_mib > 1 << 20:
+            raise BadInput(f"--base-mib {self.base_mib} is beyond 1 TiB", "give a base below 1048576 MiB")
+        if not 0 <= self.hook_settle_s <= 3600:  # also NaN and inf
+            raise BadInput(f"--hook-settle {self.hook_settle_s} is out of range", "give seconds from 0 to 3600")
+        if self.hook is not None and not Path(self.hook).is_file():
+            raise BadInput(f"--hook {self.hook}: no such file", "give a shell script to run in the guest")
+        if self.rootfs is not None and not Path(self.rootfs).is_dir():
+            raise BadInput(f"--rootfs {self.rootfs}: no such directory", "build one with: tdptrace lab rootfs")
         if self.chroot_cmd and self.hook:
             raise BadInput("--chroot-cmd and --hook both want the guest's hook slot; give one")
 
