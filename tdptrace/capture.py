@@ -5,6 +5,7 @@ so a reader never sees half a file and a killed writer leaves every finished chu
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tdptrace import __version__
-from tdptrace.errors import BadCapture, BadInput
+from tdptrace.errors import BadCapture, BadInput, OutputFull
 from tdptrace.schema import FORMAT_NAME, FORMAT_VERSION, META_FILE, TABLES
 from tdptrace.spte import Encoding
 
@@ -27,17 +28,31 @@ STATUS_RECORDING = "recording"
 STATUS_COMPLETE = "complete"
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _full(path: Path, exc: OSError) -> OutputFull:
+    """The one-line error for a write that found no space left (the temporary file is already gone)."""
+    return OutputFull(f"no space left writing {path} ({os.strerror(exc.errno)})",
+                      f"free space or choose another -o; everything written before is intact in {path.parent}")
+
+
 def _write_private(path: Path, data: bytes) -> None:
     """Write bytes to path atomically with mode 0600."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise _full(path, exc) from None
         raise
     os.replace(tmp, path)
 
@@ -130,7 +145,8 @@ class CaptureWriter:
     def __init__(self, path: str | Path, meta: CaptureMeta, overwrite: bool = False) -> None:
         self.path = Path(path)
         self.meta = meta
-        if self.path.exists():
+        replacing = self.path.exists()
+        if replacing:
             if not overwrite:
                 raise BadInput(f"{self.path} already exists", "choose another -o or pass --force to replace it")
             if not (self.path / META_FILE).exists():
@@ -139,7 +155,11 @@ class CaptureWriter:
         parent = self.path.parent
         if not parent.exists():
             raise BadInput(f"directory {parent} does not exist", "create it first or choose another -o")
-        _mkdir_private(self.path)
+        try:  # exclusive: of two writers racing for the same new path, exactly one gets it
+            self.path.mkdir(mode=0o700, exist_ok=replacing)
+        except FileExistsError:
+            raise BadInput(f"{self.path} already exists", "choose another -o or pass --force to replace it")
+        os.chmod(self.path, 0o700)
         self._chunks: dict[str, int] = {}
         self._rows: dict[str, int] = {}
         self.write_meta()
@@ -170,11 +190,19 @@ class CaptureWriter:
         n = self._chunks.get(table, 0)
         final = d / f"part-{n:06d}.parquet"
         tmp = d / f".part-{n:06d}.parquet.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.close(fd)
         dictionary, encodings = _encodings(schema)
-        pq.write_table(tbl, tmp, compression="zstd", compression_level=6, use_dictionary=dictionary,
-                       column_encoding=encodings)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.close(fd)
+            pq.write_table(tbl, tmp, compression="zstd", compression_level=6, use_dictionary=dictionary,
+                           column_encoding=encodings)
+        except OSError as exc:  # pyarrow raises OSError subclasses; ENOSPC shows in errno or in the text
+            tmp.unlink(missing_ok=True)
+            if exc.errno in _FULL or "No space left" in str(exc) or "quota" in str(exc).lower():
+                if exc.errno is None:
+                    exc.errno = errno.ENOSPC
+                raise _full(final, exc) from None
+            raise
         os.replace(tmp, final)
         self._chunks[table] = n + 1
         self._rows[table] = self._rows.get(table, 0) + tbl.num_rows

@@ -35,5 +35,9 @@ class MissingCapability(TdpError):
     """The host lacks something a live command needs (root, bcc, headers, tracefs, kprobes...)."""
 
 
+class OutputFull(TdpError):
+    """The disk (or quota) under the output filled up; what was written before is intact."""
+
+
 class MissingEvents(TdpError):
     """An analysis needs events the capture does not contain."""
