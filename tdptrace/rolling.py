@@ -1,7 +1,8 @@
 """Rolling captures for `tdptrace serve --record-dir`: one capture per hour, old ones pruned by age and size.
 
 Each capture is written by a `tdptrace record` child process, so recording never shares a thread (or a
-crash) with the exporter; after each one ends the directory is pruned. Only directories that are tdptrace
+crash) with the exporter; consecutive captures overlap briefly so that a recorder's start-up leaves no gap;
+after each one ends the directory is pruned. Only directories that are tdptrace
 captures (meta.json with the capture format name) are ever deleted.
 """
 from __future__ import annotations
@@ -12,11 +13,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import IO, Callable, Collection, Optional
 
 from tdptrace.errors import BadInput
 from tdptrace.schema import FORMAT_NAME, META_FILE
@@ -45,12 +47,13 @@ def _size(d: Path) -> int:
     return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
 
 
-def prune(directory: Path, retain_s: float, retain_bytes: int, now: float, keep: Optional[Path] = None) -> list[Path]:
+def prune(directory: Path, retain_s: float, retain_bytes: int, now: float,
+          keep: Collection[Path] = ()) -> list[Path]:
     """Delete captures older than retain_s, then the oldest until the rest fit in retain_bytes; returns them.
 
-    Age is the capture directory's modification time; `keep` (the capture being written) is never deleted.
+    Age is the capture directory's modification time; `keep` (captures being written) are never deleted.
     """
-    caps = sorted((d for d in directory.iterdir() if d.is_dir() and d != keep and _is_capture(d)),
+    caps = sorted((d for d in directory.iterdir() if d.is_dir() and d not in keep and _is_capture(d)),
                   key=lambda d: d.stat().st_mtime)
     removed = []
     for d in list(caps):
@@ -59,7 +62,7 @@ def prune(directory: Path, retain_s: float, retain_bytes: int, now: float, keep:
             caps.remove(d)
             removed.append(d)
     sizes = {d: _size(d) for d in caps}
-    total = sum(sizes.values()) + (_size(keep) if keep is not None and keep.exists() else 0)
+    total = sum(sizes.values()) + sum(_size(k) for k in keep if k.exists())
     for d in caps:
         if total <= retain_bytes:
             break
@@ -70,13 +73,26 @@ def prune(directory: Path, retain_s: float, retain_bytes: int, now: float, keep:
 
 
 @dataclass
+class _Child:
+    path: Path
+    proc: subprocess.Popen
+    stderr: IO[bytes]
+    started: float
+
+
+@dataclass
 class CaptureRoller:
-    """Runs one recording child per period into `directory` until stopped, pruning after each."""
+    """Starts one recording child per period into `directory` until stopped, pruning as each one ends.
+
+    Each child records `overlap_s` past the next boundary while its successor starts up (a recorder needs a
+    few seconds to compile and attach), so consecutive captures overlap a little instead of leaving a gap.
+    """
 
     directory: Path
     retain_hours: float = 48.0
     retain_bytes: int = 2 << 30
     period_s: float = 3600.0
+    overlap_s: float = 30.0
     command_for: CommandFor = record_command
     log: Callable[[str], None] = lambda msg: print(f"tdptrace serve: {msg}", file=sys.stderr, flush=True)
     captures: list[Path] = field(default_factory=list)
@@ -89,7 +105,7 @@ class CaptureRoller:
         if self.retain_hours <= 0 or self.retain_bytes <= 0:
             raise BadInput("--retain-hours and --retain-mib must be positive", "e.g. --retain-hours 48")
         self._halt = threading.Event()
-        self._child: Optional[subprocess.Popen] = None
+        self._running: list[_Child] = []
         self._thread = threading.Thread(target=self._run, name="tdptrace-roller", daemon=True)
 
     def start(self) -> None:
@@ -99,42 +115,67 @@ class CaptureRoller:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
         return self.directory / f"{socket.gethostname()}-{stamp}.tdp"
 
+    def _launch(self, now: float) -> bool:
+        """Start the child for the period beginning now; False when it could not be started."""
+        path = self._name(now)
+        seconds = seconds_to_next_boundary(now, self.period_s) + min(self.overlap_s, self.period_s / 2)
+        err = tempfile.TemporaryFile()
+        try:
+            proc = subprocess.Popen(self.command_for(path, seconds), stdout=subprocess.DEVNULL, stderr=err)
+        except OSError as exc:
+            err.close()
+            self.failures += 1
+            self.log(f"cannot start the recorder: {exc}")
+            return False
+        self._running.append(_Child(path, proc, err, time.monotonic()))
+        return True
+
+    def _reap(self) -> bool:
+        """Collect children that ended, prune; True when one failed right after starting."""
+        failed_fast = False
+        for child in [c for c in self._running if c.proc.poll() is not None]:
+            self._running.remove(child)
+            child.stderr.seek(0)
+            last = child.stderr.read().decode(errors="replace").strip().splitlines()[-1:]
+            child.stderr.close()
+            if child.path.exists():
+                self.captures.append(child.path)
+            rc = child.proc.returncode
+            if rc != 0 and not self._halt.is_set():
+                self.failures += 1
+                self.log(f"recording {child.path.name} failed (exit {rc}): {last}")
+                failed_fast |= time.monotonic() - child.started < 10
+        keep = {c.path for c in self._running}
+        for d in prune(self.directory, self.retain_hours * 3600, self.retain_bytes, time.time(), keep=keep):
+            self.log(f"removed old capture {d.name}")
+        return failed_fast
+
     def _run(self) -> None:
         while not self._halt.is_set():
             now = time.time()
-            path = self._name(now)
-            started = time.monotonic()
-            try:
-                self._child = subprocess.Popen(self.command_for(path, seconds_to_next_boundary(now, self.period_s)),
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                _, err = self._child.communicate()
-                rc = self._child.returncode
-            except OSError as exc:
-                rc, err = -1, str(exc)
-            self._child = None
-            if path.exists():
-                self.captures.append(path)
-            if rc != 0 and not self._halt.is_set():
-                self.failures += 1
-                self.log(f"recording {path.name} failed (exit {rc}): {(err or '').strip().splitlines()[-1:]}")
-                if time.monotonic() - started < 10:  # failing at once: do not spin
+            self._launch(now)
+            boundary = time.monotonic() + seconds_to_next_boundary(now, self.period_s)
+            while not self._halt.is_set() and time.monotonic() < boundary:
+                if self._reap():  # failing at once: do not spin
                     self._halt.wait(60)
-            removed = prune(self.directory, self.retain_hours * 3600, self.retain_bytes, time.time())
-            for d in removed:
-                self.log(f"removed old capture {d.name}")
+                self._halt.wait(min(1.0, max(0.0, boundary - time.monotonic())))
+        self._reap()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the current recording (SIGINT: the recorder finishes its capture) and the loop."""
+        """Stop the recordings (SIGINT: each recorder finishes its capture) and the loop."""
         self._halt.set()
-        child = self._child
-        if child is not None and child.poll() is None:
-            child.send_signal(signal.SIGINT)
-            try:
-                child.wait(timeout)
-            except subprocess.TimeoutExpired:
-                child.kill()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        for child in list(self._running):
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGINT)
+        for child in list(self._running):
+            try:
+                child.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+        self._reap()
 
 
 __all__ = ["CaptureRoller", "prune", "record_command", "seconds_to_next_boundary"]

@@ -261,14 +261,24 @@ def test_record_dir_rolls_complete_captures_with_the_exercise_in_them(tmp_path):
     require_live()
     port = free_port()
     serve = subprocess.Popen(TDPTRACE + ["serve", "--listen", f"127.0.0.1:{port}", "--record-dir", str(tmp_path),
-                                         "--roll-seconds", "8", "--duration", "30"],
+                                         "--roll-seconds", "10", "--duration", "30"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
+        import json
+
+        def attached() -> bool:  # the recorder rewrites meta.json with its probes once they are attached
+            for m in tmp_path.glob("*.tdp/meta.json"):
+                try:
+                    if json.loads(m.read_text())["probes"]["attached"]:
+                        return True
+                except (OSError, ValueError, KeyError):
+                    pass
+            return False
+
         deadline = time.monotonic() + 60
-        while not any(tmp_path.glob("*.tdp/meta.json")):  # the first recorder is up
+        while not attached():  # the first recorder is recording (the overlap covers later start-ups)
             assert serve.poll() is None and time.monotonic() < deadline, serve.stderr.read()
             time.sleep(0.2)
-        time.sleep(3)  # let the recorder attach
         report = run_exercise(32)
         _, err = serve.communicate(timeout=90)
     finally:
@@ -279,10 +289,11 @@ def test_record_dir_rolls_complete_captures_with_the_exercise_in_them(tmp_path):
     import tdptrace
 
     caps = sorted(tmp_path.glob("*.tdp"))
-    assert len(caps) >= 2  # rolled at least once in 30 s with 8 s captures
+    assert len(caps) >= 2  # rolled at least once in 30 s with 10 s captures
     summaries = [tdptrace.open(c).summary() for c in caps]
-    assert all(s["capture"]["status"] == "complete" for s in summaries)
+    assert all(s["capture"]["status"] == "complete" for s in summaries), [s["capture"] for s in summaries]
     mine = [m for c in caps for m in [tdptrace.open(c).markers]
             if len(m[(m["event"] == "kvm_mmu_zap_all_fast") & (m["pid"] == report["pid"])])]
-    assert len(mine) == 1  # the exercise's one memslot deletion, in exactly one of the rolled captures
+    seen = {c.name: (s["capture"]["status"], s["markers"]) for c, s in zip(caps, summaries)}
+    assert 1 <= len(mine) <= 2, (report["pid"], seen, err)  # its memslot deletion; twice if in an overlap
     assert "failed" not in err, err

@@ -30,7 +30,7 @@ def test_prune_by_age_then_by_size_oldest_first(tmp_path):
     other = tmp_path / "notes"
     other.mkdir()
     os.utime(other, (now - 99 * 3600, now - 99 * 3600))
-    removed = prune(tmp_path, 48 * 3600, 2500, now, keep=d)
+    removed = prune(tmp_path, 48 * 3600, 2500, now, keep={d})
     assert removed == [old, b]
     assert c.exists() and d.exists() and other.exists()
 
@@ -46,9 +46,10 @@ def test_roller_runs_one_child_per_period_and_prunes(tmp_path):
               "(p/'meta.json').write_text(json.dumps({'format':'tdptrace-capture'})); "
               "(p/'x').write_bytes(b'x'*1000)")
 
+    asked: list[float] = []
+
     def fake(path: Path, seconds: float) -> list[str]:
-        assert 0 < seconds <= 1.0
-        time.sleep(seconds)  # the real recorder records until the boundary
+        asked.append(seconds)
         return [sys.executable, "-c", script, str(path)]
 
     logs: list[str] = []
@@ -60,6 +61,7 @@ def test_roller_runs_one_child_per_period_and_prunes(tmp_path):
         time.sleep(0.1)
     r.stop()
     assert len(r.captures) >= 4 and r.failures == 0
+    assert all(0.5 < a <= 1.5 for a in asked)  # to the next boundary plus the overlap (half a period at most)
     left = sorted(p for p in tmp_path.iterdir())
     assert 1 <= len(left) <= 2  # at most 2 x 1000 bytes fit in 2500
     assert any(m.startswith("removed old capture") for m in logs)
