@@ -145,7 +145,11 @@ class CaptureWriter:
     def __init__(self, path: str | Path, meta: CaptureMeta, overwrite: bool = False) -> None:
         self.path = Path(path)
         self.meta = meta
-        replacing = self.path.exists()
+        try:
+            replacing = self.path.exists()
+        except OSError as exc:  # e.g. a name too long: pathlib raises instead of answering False
+            raise BadInput(f"cannot create {self.path.name[:60]}...: {os.strerror(exc.errno or 0)}",
+                           "choose another -o") from None
         if replacing:
             if not overwrite:
                 raise BadInput(f"{self.path} already exists", "choose another -o or pass --force to replace it")
@@ -159,6 +163,9 @@ class CaptureWriter:
             self.path.mkdir(mode=0o700, exist_ok=replacing)
         except FileExistsError:
             raise BadInput(f"{self.path} already exists", "choose another -o or pass --force to replace it")
+        except OSError as exc:  # a name too long, a read-only or full filesystem, no permission
+            raise BadInput(f"cannot create {self.path.name[:60]}: {os.strerror(exc.errno)}" if exc.errno else
+                           f"cannot create {self.path.name[:60]}", "choose another -o") from None
         os.chmod(self.path, 0o700)
         self._chunks: dict[str, int] = {}
         self._rows: dict[str, int] = {}

@@ -5,6 +5,7 @@ events, and assembles the capture with the same definitions the live recorder us
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,10 @@ def _parsed_blocks(path: Path, parser) -> Iterator[tuple[Block, ParsedBlock | No
             continue
         parsed = parser(tracefs.split_lines(block.data), 0)
         yield block, parsed, (decode(parsed.events) if parsed.events.num_rows else None)
+
+
+# What `uname -r` prints: 6.1.0-56-amd64, 5.10.0-32-cloud-amd64, 6.12.9+bpo-amd64 (nothing else lands in meta).
+_RELEASE = re.compile(r"\d+\.\d+[0-9A-Za-z.+_~-]*")
 
 
 def import_file(path: str | Path, out: str | Path, *, fmt: str = "auto", kernel_release: str | None = None,
@@ -132,7 +137,7 @@ def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str 
     from tdptrace.importers import formats
 
     enc = encoding_for_release(kernel_release) if kernel_release else None
-    if kernel_release and enc is None:
+    if kernel_release and (enc is None or not _RELEASE.fullmatch(kernel_release)):
         raise BadInput(f"--kernel '{kernel_release}' is not a kernel release", "give e.g. 6.1.0-56-amd64")
     parser = formats.line_parser(kind, kallsyms=kallsyms, kprobe_events=kprobe_events)
     meta = CaptureMeta(
