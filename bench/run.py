@@ -22,6 +22,7 @@ from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
+SHARED = REPO.parent / "shared" / "data"  # the lab's reference traces, beside the repository
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Bench:
     quick_args: list[str]
     rows: Callable[[dict], list[Row]]
     needs_root: bool = False
+    needs_file: Optional[Path] = None  # input data that a bare clone may lack
 
 
 def _fmt(x: float, unit: str = "") -> str:
@@ -104,11 +106,12 @@ def rss_rows(r: dict) -> list[Row]:
 BENCHES = [
     Bench("transport", "transport_bench.py", ["--json"], ["--json", "--seconds", "1", "--rates", "100000,1000000"],
           transport_rows, needs_root=True),
-    Bench("import", "import_bench.py", ["--json"], ["--json", str(REPO.parent / "shared/data/k61-128m.trace.txt.xz")],
-          import_rows),
+    Bench("import", "import_bench.py", ["--json"], ["--json", str(SHARED / "k61-128m.trace.txt.xz")],
+          import_rows, needs_file=SHARED / "k61-512m-hog.trace.txt.xz"),
     Bench("metrics", "metrics_bench.py", ["--json", "--events", "10000000"], ["--json", "--events", "1000000"],
           metrics_rows),
-    Bench("capture size", "capture_size_bench.py", ["--json", "--mib", "256"], ["--json", "--mib", "64"], size_rows),
+    Bench("capture size", "capture_size_bench.py", ["--json", "--mib", "256"], ["--json", "--mib", "64"], size_rows,
+          needs_file=SHARED / "k61-512m-hog.trace.txt.xz"),
     Bench("recorder RSS", "recorder_rss_bench.py", ["--json", "--seconds", "120"],
           ["--json", "--seconds", "15"], rss_rows, needs_root=True),
 ]
@@ -118,6 +121,8 @@ def run_one(b: Bench, quick: bool) -> tuple[list[Row], float]:
     """Run one benchmark script in its own process and turn its JSON line into rows."""
     if b.needs_root and os.geteuid() != 0:
         return [Row(b.name, "-", "-", None, "-", None, "skipped: needs root (it loads BPF)")], 0.0
+    if b.needs_file is not None and not b.needs_file.exists():
+        return [Row(b.name, "-", "-", None, "-", None, f"skipped: {b.needs_file} is not here")], 0.0
     t = time.monotonic()
     p = subprocess.run([sys.executable, str(BENCH / b.script), *(b.quick_args if quick else b.args)],
                        capture_output=True, text=True, cwd=REPO)
