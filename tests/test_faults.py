@@ -157,7 +157,8 @@ def test_disk_fills_during_a_recording(small_disk):
     from tdptrace.live.recording import RecordOptions
 
     exe = build_producer(small_disk.parent)
-    producer = subprocess.Popen([str(exe), "200000", "20"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    _fill(small_disk, leave=400_000)  # the last 400 KB of the 2 MiB: fills within seconds, after a few chunks
+    producer = subprocess.Popen([str(exe), "1000000", "20"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 text=True)
     plan = ProbePlan(release=os.uname().release, tracefs=None, tracepoints=[], kprobes=False, fentry=False)
     rec = BccRecorder(plan, RecordOptions(output=small_disk / "hi.tdp", flush_seconds=0.2))
