@@ -169,3 +169,73 @@ def test_not_root_for_real(args, needle):
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr
     assert len(lines) == 1 and needle in lines[0], lines
+
+
+# ---- the same, for real processes on this host: bcc hidden, kernel headers pointed away -----------------
+
+def _live_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root: the live commands check for bcc and headers only once they may load BPF"
+    if not Path("/sys/kernel/tracing/events/kvmmmu").is_dir():
+        return "tracefs with kvmmmu events is not mounted"
+    return None
+
+
+@pytest.fixture
+def no_bcc(tmp_path) -> dict[str, str]:
+    """An environment in which `import bcc` fails, as on a host without python3-bpfcc."""
+    shadow = tmp_path / "shadow" / "bcc"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'bcc'\")\n")
+    return os.environ | {"PYTHONPATH": str(shadow.parent), "COLUMNS": "300"}
+
+
+@pytest.fixture
+def no_headers() -> dict[str, str]:
+    """BCC pointed at a header tree that does not exist (what BCC does when none is installed)."""
+    return os.environ | {"BCC_KERNEL_SOURCE": "/nonexistent-kernel-headers", "COLUMNS": "300"}
+
+
+def _run(args: list[str], env_: dict[str, str]) -> tuple[int, list[str]]:
+    p = subprocess.run(TDPTRACE + args, capture_output=True, text=True, timeout=180, env=env_, cwd="/")
+    assert "Traceback" not in p.stderr, p.stderr
+    return p.returncode, [ln for ln in p.stderr.splitlines() if ln.strip()]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("args,needle", [
+    (["record", "-q", "-d", "1s", "--backend", "bcc", "-o", "/tmp/tdptrace-never.tdp"],
+     "--backend bcc: python module bcc not importable"),
+    (["top", "--once", "--json", "0.5"], "the bcc Python module is not importable"),
+    (["serve", "--listen", "127.0.0.1:19466", "--duration", "1"], "the bcc Python module is not importable"),
+])
+def test_bcc_missing_for_real(args, needle, no_bcc):
+    if _live_reason():
+        pytest.skip(_live_reason())
+    rc, err = _run(args, no_bcc)
+    assert rc == 2 and len(err) == 1 and needle in err[0], err
+    assert "python3-bpfcc" in err[0]
+
+
+@pytest.mark.live
+def test_bcc_missing_record_falls_back_to_ftrace(no_bcc, tmp_path):
+    if _live_reason():
+        pytest.skip(_live_reason())
+    rc, err = _run(["record", "-q", "-d", "1s", "-o", str(tmp_path / "f.tdp")], no_bcc)
+    assert rc == 0, err
+    assert json.loads((tmp_path / "f.tdp" / "meta.json").read_text())["source"]["kind"] == "ftrace"
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("args,needle", [
+    (["record", "-q", "-d", "1s", "--backend", "bcc", "-o", "/tmp/tdptrace-never.tdp"],
+     "--backend bcc: no include/linux/kconfig.h under /nonexistent-kernel-headers"),
+    (["top", "--once", "--json", "0.5"],
+     "kernel headers for BCC: no include/linux/kconfig.h under /nonexistent-kernel-headers"),
+    (["serve", "--listen", "127.0.0.1:19467", "--duration", "1"], "kernel headers for BCC: no include/linux"),
+])
+def test_headers_missing_for_real(args, needle, no_headers):
+    if _live_reason():
+        pytest.skip(_live_reason())
+    rc, err = _run(args, no_headers)
+    assert rc == 2 and len(err) == 1 and needle in err[0], err

@@ -193,6 +193,11 @@ class StatsReader:
             raise MissingCapability("the bcc Python module is not importable",
                                     "install python3-bpfcc (Debian/Ubuntu) and use a venv with system site "
                                     "packages: sudo bash scripts/bootstrap.sh")
+        from tdptrace.host import HostEnv, check_headers
+
+        headers = check_headers(HostEnv())  # before BCC, whose own failure is several lines of noise
+        if not headers.ok:
+            raise MissingCapability(f"kernel headers for BCC: {headers.detail}", headers.fix)
         try:
             self.bpf = BPF(src_file=str(probes_dir() / "stats.bpf.c").encode(), cflags=cflags)
         except Exception as exc:  # BCC raises bare Exception on compile/load failure
