@@ -2,8 +2,8 @@
 the baseline measured in the same command, their ratio, the aim and whether it was met.
 
 Run: sudo .venv/bin/python bench/run.py [--quick] [--json]
---quick takes a minute or two (smaller inputs, shorter runs). Exit status 1 when an aim is missed. Without root the benchmarks that load BPF are
-skipped, each with its reason in the table. Ratios are "how many times better tdptrace is" (throughput over
+--quick takes a minute or two (smaller inputs, shorter runs). Exit status 1 when an aim is missed. Without
+root the benchmarks that load BPF are skipped, each with its reason in the table. Ratios are "how many times better tdptrace is" (throughput over
 the baseline's, the baseline's time or size over tdptrace's), except memory growth: the recorder's RSS busy over
 idle and late over early, where the aim is a ceiling.
 """
