@@ -41,6 +41,7 @@ class LabRun:
     kvmtouch: list[dict[str, int]]
     kprobe_events: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    importer: dict[str, Any] = field(default_factory=dict)  # what the importer made of the dump
 
 
 def _boot(kernel: kernels.Kernel, out: Path, params: dict[str, str], *, mem_mib: int, timeout_s: float,
@@ -187,7 +188,7 @@ def run(scenario: Scenario, out: Path | None = None) -> LabRun:
 
     capture = out / f"{scenario.name}.tdp"
     shutil.rmtree(capture, ignore_errors=True)
-    import_file(trace, capture, kernel_release=kernel.release)
+    imported = import_file(trace, capture, kernel_release=kernel.release)
     summary = tdptrace.open(capture).summary()
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     t_end = time.monotonic()
@@ -198,7 +199,9 @@ def run(scenario: Scenario, out: Path | None = None) -> LabRun:
         kprobe_events=(share_out / "kprobe_events_readback.txt").read_text().splitlines(),
         timings={"prepare_s": round(t_ready - t0, 2), "discover_s": round(t_probes - t_ready, 2),
                  "qemu_s": round(b.seconds, 2), "events": events, "import_summary_s": round(t_end - t_boot, 2),
-                 "total_s": round(t_end - t0, 2)})
+                 "total_s": round(t_end - t0, 2)},
+        importer={"events": imported.events, "unparsed": imported.unparsed,
+                  "unparsed_example": imported.unparsed_example, "unknown": dict(imported.unknown)})
     (out / "run.json").write_text(json.dumps({k: v for k, v in asdict(result).items() if k != "summary"},
                                              indent=1))
     return result

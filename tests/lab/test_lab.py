@@ -64,6 +64,8 @@ def test_4k_zap_counts_match_the_workload(lab_run, kernel: str) -> None:
     z = r.summary["zaps_by_level"]
     mib = r.scenario["mib"]
     assert r.summary["lost_events"] == 0
+    # Every line of the real dump is an event the importer reads.
+    assert r.importer["unparsed"] == 0 and r.importer["events"] == r.timings["events"], r.importer
     # madvise zaps the upper half once; the teardown zaps everything present once.
     assert _zaps(z, 1, "leaf") == k["pages_phase3"] + k["pages_phase1"] + k["overhead_pages"]
     assert _zaps(z, 1, "nonleaf") == 0
