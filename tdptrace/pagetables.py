@@ -85,36 +85,47 @@ def retained_series(sptes: pd.DataFrame, cls: pd.DataFrame) -> RetainedSeries:
     c_key = _key(as_id[c_mask], level[c_mask], table_base(gfn[c_mask], level[c_mask]))
     l_lvl = level[l_mask] - 1
     l_key = _key(as_id[l_mask], l_lvl, table_base(gfn[l_mask], l_lvl))
-    ops = pd.DataFrame({
-        "key": np.concatenate([c_key, l_key]),
-        "tlevel": np.concatenate([level[c_mask], l_lvl]).astype(np.int64),
-        "seq": np.concatenate([seq[c_mask], seq[l_mask]]),
-        "ts": np.concatenate([ts[c_mask], ts[l_mask]]),
-        "dcount": np.concatenate([dcount[c_mask], np.zeros(l_mask.sum(), dtype=np.int64)]),
-        "link": np.concatenate([np.full(c_mask.sum(), -1, dtype=np.int64), nl_new[l_mask].astype(np.int64)]),
-    })
-    if ops.empty:
+    key = np.concatenate([c_key, l_key])
+    if len(key) == 0:
         return RetainedSeries(pd.DataFrame({"seq": [], "ts": [], "level": [], "delta": [], "retained": []},
                                            dtype=np.int64), root_level)
-    ops = ops.sort_values(["key", "seq"], kind="stable", ignore_index=True)
-    rel = ops.groupby("key", sort=False)["dcount"].cumsum()
+    oseq = np.concatenate([seq[c_mask], seq[l_mask]])
+    order = np.lexsort((oseq, key))  # by table, then event order
+    key, oseq = key[order], oseq[order]
+    ots = np.concatenate([ts[c_mask], ts[l_mask]])[order]
+    tlevel = np.concatenate([level[c_mask], l_lvl]).astype(np.int64)[order]
+    dcount = np.concatenate([dcount[c_mask], np.zeros(int(l_mask.sum()), dtype=np.int64)])[order]
+    link = np.concatenate([np.full(int(c_mask.sum()), -1, dtype=np.int64), nl_new[l_mask].astype(np.int64)])[order]
+    m = len(key)
+    idx = np.arange(m)
+    # One pass of numpy per step, with group boundaries computed once (a group = one table).
+    start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    gstart = np.repeat(start, np.diff(np.r_[start, m]))  # first row of each row's group
+    csum = np.cumsum(dcount)
+    rel = csum - (csum[gstart] - dcount[gstart])  # running count since the table's first op
     # Tables populated before the capture began: assume the fewest entries consistent with what was zapped.
-    initial = (-rel.groupby(ops["key"]).transform("min")).clip(lower=0)
+    initial = np.maximum(-np.repeat(np.minimum.reduceat(rel, start), np.diff(np.r_[start, m])), 0)
     count = rel + initial
-    # Linked state: last link op so far; before the first, linked unless that first op is a link.
-    link = ops["link"].where(ops["link"] >= 0)
-    first_link = link.groupby(ops["key"]).transform("first")
-    linked = link.groupby(ops["key"]).ffill()
-    linked = linked.fillna(1 - first_link.fillna(0)).astype(bool)
+    # Linked state: the last link op so far; before the first, linked unless that first op is a link.
+    is_link = link >= 0
+    last = np.maximum.accumulate(np.where(is_link, idx, -1))
+    seen = last >= gstart
+    first = np.minimum.reduceat(np.where(is_link, idx, m), start)
+    first_val = np.where(first < m, link[np.minimum(first, m - 1)], 0)
+    linked = np.where(seen, link[np.maximum(last, 0)] == 1,
+                      np.repeat(first_val, np.diff(np.r_[start, m])) == 0)
     # "Once had present entries" restarts whenever the table is linked anew.
-    segment = (ops["link"] == 1).astype(np.int64).groupby(ops["key"]).cumsum()
-    had = (count > 0) | ((initial > 0) & (segment == 0))
-    ever = had.groupby([ops["key"], segment]).cummax()
-    retained = linked & ever & (count == 0) & (ops["tlevel"] < root_level)
-    r = retained.astype(np.int64)
-    delta = r - r.groupby(ops["key"]).shift(1, fill_value=0)
-    ch = ops.loc[delta != 0, ["seq", "ts", "tlevel"]].rename(columns={"tlevel": "level"})
-    ch["delta"] = delta[delta != 0].to_numpy()
+    relink = link == 1
+    seg_start = np.maximum.accumulate(np.where(relink | (idx == gstart), idx, 0))
+    first_segment = ~(np.maximum.accumulate(np.where(relink, idx, -1)) >= gstart)
+    had = (count > 0) | ((initial > 0) & first_segment)
+    ever = np.maximum.accumulate(np.where(had, idx, -1)) >= seg_start
+    r = (linked & ever & (count == 0) & (tlevel < root_level)).astype(np.int64)
+    prev = np.r_[0, r[:-1]]
+    prev[start] = 0
+    delta = r - prev
+    moved = delta != 0
+    ch = pd.DataFrame({"seq": oseq[moved], "ts": ots[moved], "level": tlevel[moved], "delta": delta[moved]})
     ch = ch.sort_values("seq", kind="stable", ignore_index=True)
     ch["retained"] = ch["delta"].cumsum()
     return RetainedSeries(ch.astype(np.int64), root_level)
