@@ -71,7 +71,7 @@ def base_args(cmd: str, f: dict[str, Path], out: Path) -> list[str]:
         "compare": ["compare", cap, cap],
         "simulate": ["simulate", "-o", str(out / "s.tdp"), "--size", "64M"],
         "calibrate": ["calibrate", cap, "-o", str(out / "cal.json")],
-        "top": ["top", "--once", "--json", "1"],
+        "top": ["top", "--once", "--json", "1"],  # the positional INTERVAL last (POSITIONALS replaces it)
         "serve": ["serve", "--listen", "127.0.0.1:19465"],
         "lab run": ["lab", "run", "--kernel", "6.1", "--mib", "64"],
         "lab kernels": ["lab", "kernels"],
@@ -97,10 +97,16 @@ def _commands():
             for name, sub in cmd.commands.items():
                 walk(sub, path + [name])
             return
+        positional = 0
         for p in cmd.params:
-            if p.param_type_name != "option" or getattr(p, "is_flag", False) or p.name in ("help",):
-                continue
             kind = _unwrap(p.type_descriptor.annotation)
+            if p.param_type_name == "argument":
+                if kind in (int, float):  # numeric positionals: replaced by position (POSITIONALS below)
+                    out.extend((" ".join(path), (positional,), v) for v in VALUES[kind])
+                positional += 1
+                continue
+            if getattr(p, "is_flag", False) or p.name in ("help",):
+                continue
             opt = max(p.opts, key=len)
             for v in VALUES.get(kind, []):
                 out.append((" ".join(path), tuple(p.opts), v))
@@ -117,6 +123,7 @@ def test_every_command_is_enumerated():
     assert {"record", "import", "triage", "simulate", "top", "serve", "lab run"} <= names
     for c in names:
         base_args(c, {"trace": Path("t"), "cap": Path("c"), "dir": Path("d")}, Path("o"))  # KeyError if missing
+    assert {c for c, o, _ in CASES if isinstance(o[0], int)} <= set(POSITIONALS)
 
 
 @pytest.fixture
@@ -134,18 +141,32 @@ def no_real_work(monkeypatch):
     monkeypatch.setattr(tdptrace.lab.host, "ensure_host_packages", _sentinel)
 
 
-def _replace(args: list[str], opts: tuple[str, ...], value: str) -> list[str]:
-    """The base invocation with this option's value replaced (whichever spelling it uses) or added."""
+# Commands with numeric positional arguments: the valid positionals their base invocation ends with.
+POSITIONALS: dict[str, list[str]] = {"top": ["1", "1"]}
+
+
+def _replace(args: list[str], opts: tuple, value: str) -> list[str]:
+    """The base invocation with this option's value replaced (whichever spelling it uses) or added; an int
+    in place of the spellings is the index of a positional argument (see POSITIONALS)."""
+    if isinstance(opts[0], int):
+        cmd = args[0]
+        pos = list(POSITIONALS[cmd])
+        pos[opts[0]] = value
+        return args[:-1] + ["--"] + pos if cmd == "top" else args + ["--"] + pos
     for i, a in enumerate(args):
         if a in opts:
             return args[:i + 1] + [value] + args[i + 2:]
     return args + [max(opts, key=len), value]
 
 
-@pytest.mark.parametrize("cmd,opts,value", CASES, ids=[f"{c}-{max(o, key=len)}-{v!r}"[:60] for c, o, v in CASES])
+def _name(opts: tuple) -> str:
+    return f"arg{opts[0]}" if isinstance(opts[0], int) else max(opts, key=len)
+
+
+@pytest.mark.parametrize("cmd,opts,value", CASES, ids=[f"{c}-{_name(o)}-{v!r}"[:60] for c, o, v in CASES])
 def test_invalid_option_value(cmd, opts, value, files, tmp_path, capsys, no_real_work):
     args = _replace(base_args(cmd, files, tmp_path), opts, value)
-    opt = max(opts, key=len)
+    opt = _name(opts)
     capsys.readouterr()
     try:
         rc = main(args)
