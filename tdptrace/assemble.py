@@ -16,6 +16,14 @@ from tdptrace.spans import ZapIndex, build_spans
 from tdptrace.spte import Encoding, detect_encoding
 
 
+def tdp_role_level_is_parent(release: str | None) -> bool:
+    """True for kernels whose TDP MMU traces page-table allocations one level too high (5.10)."""
+    from tdptrace.kernel_functions import parse_version
+
+    v = parse_version(release or "")
+    return v is not None and v < (5, 11)
+
+
 class Assembler:
     """Collects RawChunks into a capture. SPTE rows are written per chunk (bounded memory while parsing)."""
 
@@ -73,7 +81,14 @@ class Assembler:
         if len(yields):
             self.writer.append("yields", self._yields_table(yields))
         if self.page_tables:
-            self.writer.append("page_tables", pd.concat(self.page_tables, ignore_index=True))
+            pt = pd.concat(self.page_tables, ignore_index=True)
+            if tdp_role_level_is_parent(meta.kernel.get("release")) and self.spte_rows:
+                # 5.10's TDP MMU allocates a table with the role level of the entry that points at it
+                # (alloc_tdp_mmu_page(vcpu, gfn, iter.level)); seen on Debian 5.10.223: 'l2' for level-1 tables.
+                pt["level"] = (pt["level"].astype(np.int64) - 1).clip(lower=1).astype(np.uint8)
+                meta.notes.append("5.10 TDP MMU: kvm_mmu_get_page role levels shifted down by one to the "
+                                  "table's own level; kvm_mmu_prepare_zap_page does not fire for TDP tables")
+            self.writer.append("page_tables", pt)
         markers = self.markers + ([self._calls_as_markers(entry_only)] if len(entry_only) else [])
         if markers:
             m = pd.concat(markers, ignore_index=True).sort_values("seq", kind="stable", ignore_index=True)

@@ -231,3 +231,15 @@ def test_unknown_events_are_counted_and_kept(tmp_path, name):
     s = summarize(tmp_path, t)
     assert s["unknown_events"] == {"sched_switch": 2}
     assert s["markers"]["sched_switch"] == 2
+
+
+def test_5_10_page_table_levels_and_frees(tmp_path):
+    """5.10 traces a TDP table's allocation with its parent entry's level and never traces its free."""
+    t = Trace().get_page(0, 2)
+    t.raw("        qemu-100     [000] ...1.     9.000001: hcs: (__handle_changed_spte+0x0/0x580 [kvm]) "
+          "as_id=0x0 gfn=0x0 old_spte=0x0 new_spte=0xa27a027 level=2")
+    s = summarize(tmp_path, t, kernel="5.10.0-32-amd64")
+    assert s["page_tables"]["by_level"]["alloc"] == {"1": 1}
+    assert s["page_tables"]["freed"] is None and "freed_unavailable" in s["page_tables"]
+    s61 = summarize(tmp_path, Trace().get_page(0, 2).prepare_zap(0, 2), name="k61")
+    assert s61["page_tables"]["by_level"] == {"alloc": {"2": 1}, "free": {"2": 1}}

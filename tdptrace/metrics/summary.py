@@ -102,6 +102,10 @@ def summarize(cap: Capture) -> dict[str, Any]:
     if len(pt) or caps.get("page_table_events"):
         pts["allocated"] = int((pt["kind"] == "alloc").sum())
         pts["freed"] = int((pt["kind"] == "free").sum())
+        if pts["freed"] == 0 and meta.spte_encoding == "legacy" and len(cap.sptes):
+            # Before 5.11 kvm_mmu_prepare_zap_page never fires for TDP MMU tables: 0 would be a false figure.
+            pts["freed"] = None
+            pts["freed_unavailable"] = "this kernel's TDP MMU does not trace page-table frees"
         pts["lookups"] = int((pt["kind"] == "lookup").sum())
         by = pt.groupby(["kind", "level"]).size()
         pts["by_level"] = {k: {str(int(lv)): int(n) for (kk, lv), n in by.items() if kk == k}
