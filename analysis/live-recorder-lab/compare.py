@@ -71,7 +71,7 @@ def compare(run_dir: Path) -> bool:
               y[ZAP_COUNT_COLUMNS].astype("int64").values.tolist())
         check(f"{fn}: yields per span", x["yields"].tolist(), y["yields"].tolist())
         check(f"{fn}: retained after each span", x["retained_after"].tolist(), y["retained_after"].tolist())
-        ratio = (y["duration_ns"].astype("float") / x["duration_ns"].astype("float")).round(2).tolist()
+        ratio = (y["duration_ns"].to_numpy(float) / x["duration_ns"].to_numpy(float)).round(2).tolist()
         print(f"{'info':9} {fn}: duration bcc/tracefs per span {ratio}")
     print("verdict:", "the recorder agrees with tracefs" if ok else "DIFFERENCES (see above)")
     return ok
