@@ -243,3 +243,18 @@ def test_5_10_page_table_levels_and_frees(tmp_path):
     assert s["page_tables"]["freed"] is None and "freed_unavailable" in s["page_tables"]
     s61 = summarize(tmp_path, Trace().get_page(0, 2).prepare_zap(0, 2), name="k61")
     assert s61["page_tables"]["by_level"] == {"alloc": {"2": 1}, "free": {"2": 1}}
+
+
+def test_unsaved_tgid_is_taken_from_the_same_threads_other_lines(tmp_path):
+    f = tmp_path / "tgid.txt"
+    f.write_text("# tracer: nop\n"
+                 "        qemu-7       (-------) [000] ...1.     1.000001: kvm_mmu_get_page: sp gen 0 gfn 0 l4 8-byte "
+                 "q0 direct wux nxe ad root 0 sync new\n"
+                 "        qemu-7       (      5) [000] ...1.     1.000002: kvm_mmu_prepare_zap_page: sp gen 0 gfn 0 "
+                 "l4 8-byte q0 direct wux nxe ad root 0 sync\n"
+                 "        other-9      (-------) [001] ...1.     1.000003: kvm_mmu_zap_all_fast: kvm-mmu-valid-gen 0 "
+                 "used_pages 0\n")
+    import_file(f, tmp_path / "t.tdp", kernel_release="6.1.0")
+    cap = tdptrace.open(tmp_path / "t.tdp")
+    assert cap.page_tables["pid"].tolist() == [5, 5]
+    assert cap.markers["pid"].tolist() == [-1]

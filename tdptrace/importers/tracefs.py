@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -144,6 +145,12 @@ def parse_lines(lines: pa.Array, seq0: int, header_re: str = HEADER_RE) -> Parse
         hasn = has.to_numpy(zero_copy_only=False)
         if hasn.any():
             pid[hasn] = narrow(dec_to_i64(tgid.filter(has)), np.int32, "pid")
+            # A thread's first events can print '(-------)' before its tgid is saved: take the tgid that
+            # other lines of the same thread show.
+            tid = dec_to_i64(f["tid"], "pid")
+            known = pd.Series(pid, dtype=np.int64).where(hasn).groupby(tid).transform("max")
+            fill = ~hasn & known.notna().to_numpy()
+            pid[fill] = known.to_numpy()[fill].astype(np.int32)
         events = pa.table({
             "ts": seconds_to_ns(f["sec"], f["frac"]),
             "seq": seq,

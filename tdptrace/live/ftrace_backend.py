@@ -15,7 +15,9 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from tdptrace.assemble import Assembler
 from tdptrace.capture import CaptureWriter
@@ -82,6 +84,7 @@ class FtraceRecorder:
         self.asm: Assembler | None = None
         self.fd = -1
         self.carry = b""
+        self.tgid_of: dict[int, int] = {}  # thread -> process, for lines printed before the tgid was saved
         self.seq = 0
         self.kprobes: list[str] = []
         self.pending: dict[str, list[pd.DataFrame]] = {"page_tables": [], "markers": []}
@@ -181,6 +184,7 @@ class FtraceRecorder:
     def _take(self, data: bytes) -> None:
         assert self.asm is not None
         parsed = tracefs.parse_lines(tracefs.split_lines(data), self.seq)
+        parsed.events = self._fill_tgids(parsed.events)
         self.asm.lost.extend(parsed.lost)
         self.status.drops += sum(n for _, n, _ in parsed.lost)
         n = parsed.events.num_rows
@@ -199,6 +203,29 @@ class FtraceRecorder:
         # page tables and markers are flushed here so a killed recorder keeps them.
         self.asm.add(dataclasses.replace(chunk, page_tables=chunk.page_tables.iloc[0:0],
                                          markers=chunk.markers.iloc[0:0]))
+
+    def _fill_tgids(self, events: "pa.Table") -> "pa.Table":
+        """Give events printed with an unsaved tgid '(-------)' their process: from earlier blocks' lines of
+        the same thread, else from /proc while the thread lives. Threads are few; events are not looped."""
+        if not events.num_rows:
+            return events
+        pid = events.column("pid").to_numpy().copy()
+        tid = events.column("tid").to_numpy()
+        ok = pid >= 0
+        for t, p in set(zip(tid[ok].tolist(), pid[ok].tolist())):
+            self.tgid_of[t] = p
+        for t in np.unique(tid[~ok]).tolist():
+            if t not in self.tgid_of:
+                try:
+                    status = Path(f"/proc/{t}/status").read_text()
+                    self.tgid_of[t] = int(status.split("Tgid:")[1].split()[0])
+                except (OSError, IndexError, ValueError):
+                    continue
+        if (~ok).any():
+            fill = pd.Series(tid[~ok]).map(self.tgid_of).fillna(-1).to_numpy(np.int64)
+            pid[~ok] = fill.astype(np.int32)
+            events = events.set_column(events.column_names.index("pid"), "pid", pa.array(pid, pa.int32()))
+        return events
 
     def flush(self) -> None:
         """Write queued page-table and marker rows as chunks, then meta."""
