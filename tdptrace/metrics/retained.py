@@ -4,14 +4,15 @@ from __future__ import annotations
 import pandas as pd
 
 from tdptrace.capture import Capture
-from tdptrace.pagetables import RetainedSeries, classify, retained_series
-from tdptrace.spte import PAGE_SIZE, Encoding
+from tdptrace.metrics.zaps import spte_classes
+from tdptrace.pagetables import RetainedSeries, retained_series
+from tdptrace.spte import PAGE_SIZE
 
 
 def series(cap: Capture) -> RetainedSeries:
     """Retained-table changes over the capture (needs SPTE changes)."""
     s = cap.sptes
-    return retained_series(s, classify(s, Encoding(cap.meta.spte_encoding)))
+    return retained_series(s, spte_classes(cap))
 
 
 def df_retained(cap: Capture) -> pd.DataFrame:

@@ -10,6 +10,15 @@ from tdptrace.schema import LEVELS, ZAP_COUNT_COLUMNS
 from tdptrace.spte import Encoding
 
 
+def spte_classes(cap: Capture) -> pd.DataFrame:
+    """classify() of the capture's SPTE changes, computed once per opened capture (zaps and retained
+    tables both need it)."""
+    key = "__spte_classes"
+    if key not in cap._frames:
+        cap._frames[key] = classify(cap.sptes, Encoding(cap.meta.spte_encoding))
+    return cap._frames[key]
+
+
 def df_spte_changes(cap: Capture) -> pd.DataFrame:
     """SPTE changes with their classification.
 
@@ -17,7 +26,7 @@ def df_spte_changes(cap: Capture) -> pd.DataFrame:
     old_leaf, new_leaf, zap, install.
     """
     s = cap.sptes
-    return pd.concat([s, classify(s, Encoding(cap.meta.spte_encoding))], axis=1)
+    return pd.concat([s, spte_classes(cap)], axis=1)
 
 
 def df_zaps(cap: Capture) -> pd.DataFrame:
