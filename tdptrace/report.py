@@ -12,6 +12,7 @@ from tdptrace import __version__
 from tdptrace.capture import Capture
 from tdptrace.dmesg import KernelReport
 from tdptrace.durations import fmt_ns
+from tdptrace.metrics.summary import page_table_lines
 from tdptrace.errors import MissingEvents
 from tdptrace.triage import LEVEL_SIZE, Triage, triage
 
@@ -132,16 +133,7 @@ def _levels_html(summary: dict[str, Any]) -> str:
 
 
 def _page_tables_html(summary: dict[str, Any]) -> str:
-    pt = summary["page_tables"]
-    items = []
-    if pt.get("allocated") is not None:
-        items.append(f"{pt['allocated']:,} page tables allocated, {pt['freed']:,} freed")
-    r = pt.get("retained_nonleaf")
-    if r:
-        items.append(f"retained non-leaf tables: {r['at_end']} at end ({r['bytes_at_end'] // 1024} KiB), peak "
-                     f"{r['peak']} ({r['peak_bytes'] // 1024} KiB)")
-    else:
-        items.append(_e(pt.get("retained_unavailable", "retained tables unknown")))
+    items = page_table_lines(summary)
     return "<ul>" + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>"
 
 

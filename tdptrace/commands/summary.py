@@ -76,13 +76,10 @@ def render(s: dict[str, Any]) -> None:
             con.print(f"... {len(s['spans']) - 40} more spans (use --json for all)")
     else:
         con.print(f"[yellow]spans: {s.get('spans_unavailable')}[/]")
-    pt = s["page_tables"]
-    if pt.get("allocated") is not None:
-        con.print(f"page tables: {pt['allocated']} allocated, {pt['freed']} freed")
-    r = pt.get("retained_nonleaf")
-    if r:
-        con.print(f"retained non-leaf tables at end: {r['at_end']} ({r['bytes_at_end'] // 1024} KiB), "
-                  f"peak {r['peak']} ({r['peak_bytes'] // 1024} KiB)")
+    from tdptrace.metrics.summary import page_table_lines
+
+    for line in page_table_lines(s):
+        con.print(line, markup=False)
     lost = s["lost_events"]
     con.print(f"lost events: {lost}" if not lost else f"[red]lost events: {lost} {s['lost_events_per_cpu']}[/]")
     if s.get("unknown_events"):

@@ -142,3 +142,20 @@ def summarize(cap: Capture) -> dict[str, Any]:
     out["notes"] = list(meta.notes) + ([] if cap.complete else
                                        ["the capture is incomplete (recording stopped abruptly); the last chunk may be missing"])
     return out
+
+
+def page_table_lines(s: dict[str, Any]) -> list[str]:
+    """The page-table and retained-table sentences every renderer prints (summary tables, HTML report)."""
+    pt = s["page_tables"]
+    out = []
+    if pt.get("allocated") is not None:
+        freed = f"{pt['freed']:,} freed" if pt.get("freed") is not None else \
+            f"frees unknown ({pt.get('freed_unavailable', 'not traced')})"
+        out.append(f"page tables: {pt['allocated']:,} allocated, {freed}")
+    r = pt.get("retained_nonleaf")
+    if r:
+        out.append(f"retained non-leaf tables: {r['at_end']} at end ({r['bytes_at_end'] // 1024} KiB), "
+                   f"peak {r['peak']} ({r['peak_bytes'] // 1024} KiB)")
+    else:
+        out.append(pt.get("retained_unavailable", "retained tables unknown"))
+    return out
