@@ -9,13 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import lzma
-import os
-import re
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from tdptrace.capture import CaptureMeta, CaptureWriter
-from tdptrace.pagetables import classify, retained_series
-from tdptrace.spte import Encoding
+from tdptrace.capture.pagetables import classify, retained_series
+from tdptrace.kernel.spte import Encoding
 
 P = 1 << 11
 

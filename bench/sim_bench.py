@@ -41,7 +41,7 @@ def main() -> int:
     ap.add_argument("--sizes", nargs=2, default=["64G", "1T"], metavar=("BASELINE", "BIG"))
     a = ap.parse_args()
     small, big = a.sizes
-    print(f"teardown, 4 KiB pages, fully populated, contention 1; each run in its own process")
+    print("teardown, 4 KiB pages, fully populated, contention 1; each run in its own process")
     print(f"{'strategy':<10} {'size':>5} {'SPTE zaps':>13} {'seconds':>8} {'cpu s':>6} {'peak MB':>8} "
           f"{'yields':>7} {'max hold ms':>12}")
     worst = {"seconds": 0.0, "peak_rss_mb": 0.0}

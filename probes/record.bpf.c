@@ -1,7 +1,7 @@
 /* record.bpf.c - what `tdptrace record` runs in the kernel (BCC).
  *
  * Tracepoints (kvmmmu:*) stream page-table allocations/frees and fast zaps, and feed in-kernel counters:
- * zaps per level (leaf/non-leaf) and retained non-leaf page tables per level (METRICS.md). SPTE changes are
+ * zaps per level (leaf/non-leaf) and retained non-leaf page tables per level (docs/metrics.md). SPTE changes are
  * streamed only with --sptes. With kprobes, every call of a zap function is one span kept in per-task state:
  * yield points inside it close gaps, and its return emits ONE tdp_span record carrying duration, yields,
  * max gap, zaps by level and the retained count - a span that zaps millions of SPTEs costs one record.

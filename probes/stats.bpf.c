@@ -1,7 +1,7 @@
 /* tdptrace live statistics: in-kernel aggregation only, nothing is streamed per event.
  *
  * Per VM (the owning process's tgid; see vm_of_current) it counts SPTE zaps by level and kind, page tables
- * allocated and freed by level, fast zaps, and the retained non-leaf tables (METRICS.md definitions).
+ * allocated and freed by level, fast zaps, and the retained non-leaf tables (docs/metrics.md definitions).
  * Where kprobes exist it also measures zap spans, yield points and the gaps between them (log2 histogram).
  *
  * Settings come as -D defines from tdptrace/live/stats.py:
@@ -114,7 +114,7 @@ static __always_inline u64 table_base(u64 gfn, u32 level)
 	return shift >= 64 ? 0 : gfn & ~((1ULL << shift) - 1);
 }
 
-/* Recount one table after a change (METRICS.md): retained = linked, once had present entries, none now.
+/* Recount one table after a change (docs/metrics.md): retained = linked, once had present entries, none now.
  * "None now" is present == lowest: a table already populated when we started looking is assumed to have
  * had the fewest entries consistent with what was zapped, as tdptrace/pagetables.py assumes for captures. */
 static __always_inline void settle(struct vm_stats *v, struct table_state *t, u32 level)

@@ -64,7 +64,7 @@ struct tdp_event {
 	} u;
 };
 
-/* One zap span (METRICS.md "Zap span"), aggregated in the kernel: 224 bytes. */
+/* One zap span (docs/metrics.md "Zap span"), aggregated in the kernel: 224 bytes. */
 struct tdp_span {
 	__u64 start_ts;
 	__u64 end_ts;

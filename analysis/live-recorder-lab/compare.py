@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 import tdptrace
-from tdptrace.schema import ZAP_COUNT_COLUMNS
+from tdptrace.capture.schema import ZAP_COUNT_COLUMNS
+from tdptrace.metrics.summary import summarize
 
 # Python starts slowly under TCG: the recorder needs about 7 minutes before it has attached, and minutes to
 # write its last chunks once the workload is done (measured on a 2-core Firecracker host).
@@ -47,7 +48,7 @@ def run_lab(kernel: str, mib: int, hog: bool, rootfs: Path | None = None) -> Pat
 def compare(run_dir: Path) -> bool:
     tfs = tdptrace.open(next(run_dir.glob("*.tdp")))
     bcc = tdptrace.open(run_dir / "share" / "out" / "bcc.tdp")
-    a, b = tfs.summary(), bcc.summary()
+    a, b = summarize(tfs), summarize(bcc)
     ok = True
 
     def check(what: str, x, y) -> None:

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
 
 def fmt_value(v: Any, unit: str) -> str:
     """A metric value for the table, in its unit."""
-    from tdptrace.durations import fmt_ns
+    from tdptrace.units import fmt_ns
 
     if v is None:
         return "-"
@@ -87,16 +87,16 @@ def compare_cmd(
 ) -> None:
     """Zaps per level (per GiB unmapped, per span), gap quantiles, yields per operation, retained tables."""
     import tdptrace
-    from tdptrace.compare import compare
-    from tdptrace.durations import parse_duration
+    from tdptrace.oncall.compare import compare
+    from tdptrace.units import parse_duration
 
     threshold_ns = parse_duration(threshold)
     ca, cb = tdptrace.open(a), tdptrace.open(b)
     c = compare(ca, cb)
     paths: list[Path] = []
     if output is not None:
-        from tdptrace.commands.plot import output_dir
-        from tdptrace.plots import save_figures
+        from tdptrace.oncall.plots import save_figures
+        from tdptrace.outputs import output_dir
 
         paths = save_figures({c.a_label: ca, c.b_label: cb}, output_dir(output), threshold_ns)
     if as_json:

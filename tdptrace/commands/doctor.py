@@ -28,7 +28,7 @@ def doctor_cmd(
     Exit status: 0 record can give all three figures, 1 only some (the missing ones are named), 2 none.
     """
     from tdptrace.errors import BadInput
-    from tdptrace.host import HostEnv, check_host
+    from tdptrace.live.host import HostEnv, check_host
 
     if not root.is_dir():
         raise BadInput(f"--root {root}: no such directory", "give the top of a host tree, or leave it out for /")

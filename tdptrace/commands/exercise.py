@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
 
 def _parse_phases(text: Optional[str]) -> tuple[str, ...]:
     """"populate,delete" or "all" -> the phase names, in the order they always run."""
-    from tdptrace.exercise import PHASES
+    from tdptrace.lab.exercise import PHASES
 
     if not text or text == "all":
         return PHASES
@@ -38,7 +38,12 @@ def exercise_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Run a small VM on /dev/kvm: populate, madvise half, touch again, delete the memslot, close."""
-    from tdptrace.exercise import ExerciseConfig, ExerciseReport, PhaseResult, run_exercise
+    from tdptrace.lab.exercise import (
+        ExerciseConfig,
+        ExerciseReport,
+        PhaseResult,
+        run_exercise,
+    )
 
     cfg = ExerciseConfig(mib=mib, hugepages=hugepages, hold_s=hold, phases=_parse_phases(phases))
     cfg.validate()
@@ -50,7 +55,7 @@ def exercise_cmd(
     from rich.console import Console
 
     con = Console(highlight=False)
-    from tdptrace.exercise import PHASES
+    from tdptrace.lab.exercise import PHASES
 
     only = "" if cfg.phases == PHASES else f", phases {','.join(cfg.phases)}"
 

@@ -29,7 +29,13 @@ def import_cmd(
 ) -> None:
     """Import trace text into a capture directory."""
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from tdptrace.importers import import_file
 

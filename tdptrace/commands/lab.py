@@ -40,9 +40,9 @@ def run_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the run record and summary as JSON.")] = False,
 ) -> None:
     """Run one scenario: populate, madvise half, touch again, delete memslot, close; print the summary."""
-    from tdptrace.commands.summary import render
     from tdptrace.lab.run import run
     from tdptrace.lab.scenario import Scenario
+    from tdptrace.oncall.summary_text import render
 
     sc = Scenario(kernel=kernel, mib=mib, thp=thp, hog=hog, iters=iters, base_mib=base_mib, hook=hook,
                   rootfs=rootfs, hook_settle_s=hook_settle, chroot_cmd=chroot_cmd)

@@ -6,21 +6,9 @@ from typing import Annotated
 
 import typer
 
-from tdptrace.errors import BadInput
-
 
 def register(app: typer.Typer) -> None:
     app.command("plot")(plot_cmd)
-
-
-def output_dir(path: Path) -> Path:
-    """A directory to write figures into (created if its parent exists)."""
-    if path.exists() and not path.is_dir():
-        raise BadInput(f"{path} exists and is not a directory", "give a directory for -o")
-    if not path.parent.exists():
-        raise BadInput(f"directory {path.parent} does not exist", "create it first or choose another -o")
-    path.mkdir(exist_ok=True)
-    return path
 
 
 def plot_cmd(
@@ -31,12 +19,14 @@ def plot_cmd(
 ) -> None:
     """Write zaps_by_level.png, gap_distribution.png, span_timeline.png and retained_tables.png."""
     import tdptrace
-    from tdptrace.durations import parse_duration
+    from tdptrace.units import parse_duration
 
     threshold_ns = parse_duration(threshold)
     cap = tdptrace.open(capture)
+    from tdptrace.outputs import output_dir
+
     outdir = output_dir(output)
-    from tdptrace.plots import save_figures
+    from tdptrace.oncall.plots import save_figures
 
     for p in save_figures(cap, outdir, threshold_ns):
         typer.echo(str(p))

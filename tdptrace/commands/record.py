@@ -70,8 +70,8 @@ def record_cmd(
                          stack_min_gap_ns=int(stack_threshold_ms * 1e6), force=force)
     secs = parse_duration(duration) if duration else None
     opts.validate()
-    from tdptrace.host import check_host
     from tdptrace.live.attach import plan_probes
+    from tdptrace.live.host import check_host
 
     report = check_host()
     plan = plan_probes(report)
@@ -167,8 +167,9 @@ def _run(recorder, plan, secs: float | None, command: list[str] | None, quiet: b
     err.print(f"recorded {st.elapsed_s:.1f}s, stopped by {result.stopped_by}: {result.capture}")
     if not quiet:
         import tdptrace
-        from tdptrace.commands.summary import render
+        from tdptrace.metrics.summary import summarize
+        from tdptrace.oncall.summary_text import render
 
-        render(tdptrace.open(result.capture).summary())
+        render(summarize(tdptrace.open(result.capture)))
     if result.command_status:
         raise typer.Exit(code=result.command_status if result.command_status > 0 else 128 - result.command_status)

@@ -25,10 +25,13 @@ def report_cmd(
 ) -> None:
     """Write the triage verdict, summary tables and plots into one HTML file that needs no network."""
     import tdptrace
-    from tdptrace.commands.triage import read_dmesg_text
-    from tdptrace.dmesg import parse_dmesg, parse_utc_offset
-    from tdptrace.durations import parse_duration
-    from tdptrace.report import render_html
+    from tdptrace.oncall.kernel_log import (
+        parse_dmesg,
+        parse_utc_offset,
+        read_kernel_log,
+    )
+    from tdptrace.oncall.report import render_html
+    from tdptrace.units import parse_duration
 
     threshold_ns = parse_duration(threshold)
     if output.is_dir():
@@ -36,7 +39,7 @@ def report_cmd(
     if not output.parent.exists():
         raise BadInput(f"directory {output.parent} does not exist", "create it first or choose another -o")
     tz = parse_utc_offset(dmesg_tz) if dmesg_tz else None
-    reports = parse_dmesg(read_dmesg_text(dmesg), tz=tz) if dmesg is not None else None
+    reports = parse_dmesg(read_kernel_log(dmesg), tz=tz) if dmesg is not None else None
     text = render_html(tdptrace.open(capture), threshold_ns, reports)
     tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")

@@ -36,14 +36,15 @@ def serve_cmd(
     ebpf: Annotated[bool, typer.Option("--ebpf", hidden=True, help="Print the BPF program and exit.")] = False,
 ) -> None:
     """Export zap, page-table, span and gap metrics for Prometheus."""
-    from tdptrace.exporter import Poller, StatsCollector, parse_listen, start_http
+    from tdptrace.live.exporter import Poller, StatsCollector, parse_listen, start_http
     from tdptrace.live.stats import StatsReader, probes_dir
 
     if ebpf:
         typer.echo((probes_dir() / "stats.bpf.c").read_text())
         return
     host, port = parse_listen(listen)
-    from tdptrace.optcheck import in_range, pid as check_pid
+    from tdptrace.options import in_range
+    from tdptrace.options import pid as check_pid
 
     in_range("--interval", interval, 0, 86400, lo_open=True, unit=" seconds")
     check_pid("--pid", pid)
@@ -54,7 +55,7 @@ def serve_cmd(
     in_range("--duration", duration, 0, 10 * 365 * 86400, lo_open=True, unit=" seconds")
     roller = None
     if record_dir is not None:
-        from tdptrace.rolling import CaptureRoller
+        from tdptrace.live.rolling import CaptureRoller
 
         roller = CaptureRoller(record_dir, retain_hours=retain_hours, retain_bytes=retain_mib << 20,
                                period_s=roll_seconds)

@@ -64,7 +64,7 @@ def simulate_cmd(
 
     if sptes not in ("auto", "yes", "no"):
         raise BadInput(f"--sptes must be auto, yes or no, not '{sptes}'", "pick one of the three")
-    from tdptrace.optcheck import in_range
+    from tdptrace.options import in_range
 
     in_range("--contention", contention, 0, 4096)
     for opt, us in (("--tick-us", tick_us), ("--slice-us", slice_us), ("--phase-us", phase_us)):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -12,77 +12,30 @@ def register(app: typer.Typer) -> None:
     app.command("summary")(summary_cmd)
 
 
-def _us(ns: Any) -> str:
-    return "-" if ns is None else f"{ns / 1000:,.0f}"
-
-
 def summary_cmd(
     captures: Annotated[list[Path], typer.Argument(help="Capture directory (NAME.tdp); several, or directories "
                                                         "holding captures, give one row each and a fleet total.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary JSON object (METRICS.md contract).")]
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary JSON object (docs/metrics.md contract).")]
     = False,
 ) -> None:
     """Zaps by level, yields and gaps per zap span, retained page tables, lost events."""
     import tdptrace
     from tdptrace.metrics.fleet import find_captures
+    from tdptrace.metrics.summary import summarize
 
     paths = find_captures(captures)
     if len(captures) > 1 or paths != captures:
-        from tdptrace.commands.summary_many import summarize_many
+        from tdptrace.oncall.summary_many import summarize_many
 
         summarize_many(paths, as_json)
         return
     capture = paths[0]
-    s = tdptrace.open(capture).summary()
+    s = summarize(tdptrace.open(capture))
     if as_json:
         typer.echo(json.dumps(s, indent=1))
         return
+    from tdptrace.oncall.summary_text import render
+
     render(s)
 
 
-def render(s: dict[str, Any]) -> None:
-    """Print a summary dict as rich tables (under 80 columns)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    con = Console(width=min(Console().width, 100))
-    cap = s["capture"]
-    con.print(f"[bold]{cap['path']}[/] ({cap['source'].get('kind')}"
-              f"{', ' + cap['kernel'].get('release') if cap['kernel'].get('release') else ''}, {cap['status']})")
-    t = Table(title="SPTE zaps by level", title_justify="left", caption=f"from {s['zaps_source']}",
-              caption_justify="left")
-    t.add_column("level", justify="right")
-    t.add_column("size", justify="right")
-    t.add_column("leaf", justify="right")
-    t.add_column("non-leaf", justify="right")
-    sizes = {"1": "4K", "2": "2M", "3": "1G", "4": "512G", "5": "256T"}
-    for lv, v in s["zaps_by_level"].items():
-        t.add_row(lv, sizes.get(lv, "?"), f"{v['leaf']:,}", f"{v['nonleaf']:,}")
-    con.print(t if s["zaps_by_level"] else "no zaps")
-    y = s["yields"]
-    if s["spans"]:
-        t = Table(title=f"Zap spans: {y['spans']}, yield points {y['count']}, longest hold without a yield "
-                        f"{_us(y['max_gap_ns'])} us", title_justify="left")
-        for c, j in (("#", "right"), ("function", "left"), ("start s", "right"), ("dur us", "right"),
-                     ("yields", "right"), ("max gap us", "right"), ("retained", "right")):
-            t.add_column(c, justify=j)
-        for i, sp in enumerate(s["spans"][:40]):
-            name = ("  " * sp["depth"]) + sp["function"]
-            t.add_row(str(i), name, f"{sp['start_ns'] / 1e9:.6f}", _us(sp["duration_ns"]), str(sp["yields"]),
-                      _us(sp["max_gap_ns"]), "-" if sp["retained_nonleaf_after"] is None
-                      else str(sp["retained_nonleaf_after"]))
-        con.print(t)
-        if len(s["spans"]) > 40:
-            con.print(f"... {len(s['spans']) - 40} more spans (use --json for all)")
-    else:
-        con.print(f"[yellow]spans: {s.get('spans_unavailable')}[/]")
-    from tdptrace.metrics.summary import page_table_lines
-
-    for line in page_table_lines(s):
-        con.print(line, markup=False)
-    lost = s["lost_events"]
-    con.print(f"lost events: {lost}" if not lost else f"[red]lost events: {lost} {s['lost_events_per_cpu']}[/]")
-    if s.get("unknown_events"):
-        con.print("unknown events: " + ", ".join(f"{k} ({v})" for k, v in s["unknown_events"].items()))
-    for n in s.get("notes", []):
-        con.print(f"[yellow]note:[/] {n}")

@@ -48,12 +48,14 @@ def top_cmd(
     ebpf: Annotated[bool, typer.Option("--ebpf", hidden=True, help="Print the BPF program and exit.")] = False,
 ) -> None:
     """Live per-VM zaps by level, page tables, fast zaps, spans, yields, worst gaps, retained tables."""
-    from tdptrace.live.stats import StatsReader, interval as deltas, probes_dir
+    from tdptrace.live.stats import StatsReader, probes_dir
+    from tdptrace.live.stats import interval as deltas
 
     if ebpf:
         typer.echo((probes_dir() / "stats.bpf.c").read_text())
         return
-    from tdptrace.optcheck import in_range, pid as check_pid
+    from tdptrace.options import in_range
+    from tdptrace.options import pid as check_pid
 
     if not 0 < interval <= 86400:  # also NaN and inf
         raise BadInput(f"interval {interval} must be positive seconds", "e.g. tdptrace top 1")

@@ -5,7 +5,6 @@ Exit status: 0 = no stretch without a yield above the threshold, 1 = risk found,
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,19 +15,6 @@ from tdptrace.errors import BadInput
 
 def register(app: typer.Typer) -> None:
     app.command("triage")(triage_cmd)
-
-
-def read_dmesg_text(source: str) -> str:
-    """Kernel log text from a file, or stdin for '-'."""
-    if source == "-":
-        return sys.stdin.read()
-    p = Path(source)
-    if not p.is_file():
-        raise BadInput(f"{p}: no such kernel log file", "save it with: dmesg > dmesg.txt (or pass - for stdin)")
-    data = p.read_bytes()
-    if b"\x00" in data[:4096]:
-        raise BadInput(f"{p} is binary, not kernel log text", "give the output of dmesg as text")
-    return data.decode("utf-8", errors="replace")
 
 
 def triage_cmd(
@@ -49,15 +35,19 @@ def triage_cmd(
     stall report during a zap), 2 = cannot tell (bad input, or a capture without zap spans).
     """
     import tdptrace
-    from tdptrace.dmesg import parse_dmesg, parse_utc_offset
-    from tdptrace.durations import parse_duration
-    from tdptrace.triage import triage
+    from tdptrace.oncall.kernel_log import (
+        parse_dmesg,
+        parse_utc_offset,
+        read_kernel_log,
+    )
+    from tdptrace.oncall.triage import triage
+    from tdptrace.units import parse_duration
 
     threshold_ns = parse_duration(threshold)
     if top < 1:
         raise BadInput(f"--top {top} must be at least 1", "give e.g. --top 5")
     tz = parse_utc_offset(dmesg_tz) if dmesg_tz else None
-    reports = parse_dmesg(read_dmesg_text(dmesg), tz=tz) if dmesg is not None else None
+    reports = parse_dmesg(read_kernel_log(dmesg), tz=tz) if dmesg is not None else None
     cap = tdptrace.open(capture)
     t = triage(cap, threshold_ns, reports, top=top)
     if as_json:
@@ -66,7 +56,7 @@ def triage_cmd(
         d["dmesg_reports_found"] = None if reports is None else len(reports)
         typer.echo(json.dumps(d, indent=1))
     else:
-        from tdptrace.commands.triage_text import render
+        from tdptrace.oncall.triage_text import render
 
         render(t, dmesg_given=reports is not None)
     raise typer.Exit(code=t.exit_code)

@@ -14,9 +14,15 @@ from tdptrace.capture import CaptureMeta, CaptureWriter, default_host
 from tdptrace.errors import BadInput
 from tdptrace.importers import tracefs
 from tdptrace.importers.decode import RawChunk, decode
-from tdptrace.importers.reader import PERF_DATA_MAGIC, TRACE_DAT_MAGIC, Block, blocks, sniff
+from tdptrace.importers.reader import (
+    PERF_DATA_MAGIC,
+    TRACE_DAT_MAGIC,
+    Block,
+    blocks,
+    sniff,
+)
 from tdptrace.importers.tracefs import ParsedBlock
-from tdptrace.spte import encoding_for_release
+from tdptrace.kernel.spte import encoding_for_release
 
 FORMATS = ("auto", "tracefs", "trace-cmd", "perf")
 
@@ -115,14 +121,14 @@ def _discard_partial(out: Path) -> None:
     """Remove a capture this import left unfinished (status 'recording'); a complete one is never touched."""
     import json
 
-    from tdptrace.capture import STATUS_RECORDING, _remove_capture
+    from tdptrace.capture.store import STATUS_RECORDING, remove_capture
 
     try:
         status = json.loads((out / "meta.json").read_text()).get("status")
     except (OSError, ValueError, AttributeError):
         return
     if status == STATUS_RECORDING:
-        _remove_capture(out)
+        remove_capture(out)
         try:
             out.rmdir()
         except OSError:
@@ -133,7 +139,9 @@ def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str 
                  kallsyms: str | Path | None, kprobe_events: str | Path | None, force: bool,
                  progress: Callable[[int], None] | None, input_name: str) -> ImportResult:
     """Import trace text of a known format (see import_file)."""
-    from tdptrace.assemble import Assembler  # here, not at module level: assemble imports importers.decode
+    from tdptrace.capture.assemble import (
+        Assembler,  # here, not at module level: assemble imports importers.decode
+    )
     from tdptrace.importers import formats
 
     enc = encoding_for_release(kernel_release) if kernel_release else None

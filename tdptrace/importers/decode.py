@@ -9,22 +9,30 @@ Keep the body formats in sync with arch/x86/kvm/mmu/mmutrace.h (TP_printk of eac
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tdptrace.capture.raw import RawChunk
+from tdptrace.capture.schema import MAX_LEVEL
+from tdptrace.errors import BadInput
 from tdptrace.importers.textnum import auto_to_u64, dec_to_i64, hex_to_u64
-from tdptrace.kernel_functions import SPTE_CHANGE_FUNCTIONS, YIELD_FUNCTIONS, ZAP_FUNCTIONS, base_symbol
-from tdptrace.schema import MAX_LEVEL
+from tdptrace.kernel.functions import (
+    SPTE_CHANGE_FUNCTIONS,
+    YIELD_FUNCTIONS,
+    ZAP_FUNCTIONS,
+)
+from tdptrace.kernel.symbols import base_symbol
+from tdptrace.kernel.tracefs import (
+    GET_PAGE,
+    PREPARE_ZAP,
+    SPLIT_HUGE,
+    SPTE_CHANGED,
+    ZAP_ALL_FAST,
+)
 
-SPTE_CHANGED = "kvm_tdp_mmu_spte_changed"
-GET_PAGE = "kvm_mmu_get_page"
-PREPARE_ZAP = "kvm_mmu_prepare_zap_page"
-ZAP_ALL_FAST = "kvm_mmu_zap_all_fast"
-SPLIT_HUGE = "kvm_mmu_split_huge_page"
 MARKER_EVENTS = frozenset({ZAP_ALL_FAST, SPLIT_HUGE})
 # Other kvmmmu events are known and kept as markers, not counted as unknown.
 KNOWN_OTHER = frozenset({
@@ -47,27 +55,6 @@ INT_ARGS = ("start", "end", "can_yield", "flush", "shared", "zap_level", "as_id"
             "new_spte", "level", "ret")
 ARG_ALIASES = {"gfn_start": "start", "gfn_end": "end", "retval": "ret", "arg1": "ret", "mmu_lock": "lock",
                "old": "old_spte", "new": "new_spte", "asid": "as_id"}
-
-
-@dataclass
-class RawChunk:
-    """Typed events decoded from one block of lines (pandas frames, columns as in schema.py where shared)."""
-
-    sptes: pd.DataFrame
-    calls: pd.DataFrame
-    page_tables: pd.DataFrame
-    markers: pd.DataFrame
-    counts: Counter = field(default_factory=Counter)
-    unknown: Counter = field(default_factory=Counter)
-    from_handle_changed_spte: bool = False  # SPTE rows came from the 5.10-style __handle_changed_spte kprobe
-
-    def shifted(self, base: int) -> "RawChunk":
-        """The same events with seq moved by `base` (blocks are decoded independently, numbered from 0)."""
-        if base:
-            for df in (self.sptes, self.calls, self.page_tables, self.markers):
-                if len(df):
-                    df["seq"] = df["seq"].to_numpy() + base
-        return self
 
 
 # Arrow-backed strings: a few bytes per value instead of a Python object each (markers can be millions).
@@ -257,8 +244,6 @@ def decode_markers(t: pa.Table) -> pd.DataFrame:
 
 
 def _bad_body(event: str, body: str):
-    from tdptrace.errors import BadInput
-
     return BadInput(f"cannot read a {event} line: '{body[:80]}'", "is the trace from a kernel whose format "
                     "tdptrace knows? report it with the line")
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tdptrace.errors import MissingCapability, TdpError
+from tdptrace.kernel.release import parse_version
 from tdptrace.lab.host import cache_dir, run
 
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -71,8 +72,7 @@ class Kernel:
 
     @property
     def version_tuple(self) -> tuple[int, int]:
-        m = re.match(r"(\d+)\.(\d+)", self.release)
-        return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+        return parse_version(self.release) or (0, 0)
 
 
 def kernel_source(name: str) -> KernelSource:

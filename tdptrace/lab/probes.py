@@ -2,7 +2,7 @@
 
 The symbols are resolved from the guest kernel's own /proc/kallsyms and available_filter_functions (dumped by
 a discovery boot, see run.discover), never hard-coded: static functions may be inlined or carry .isra /
-.constprop suffixes in a given build. Argument registers come from tdptrace.kernel_functions.SIGNATURES,
+.constprop suffixes in a given build. Argument registers come from tdptrace.kernel.functions.SIGNATURES,
 the project's one table of parameters per era (x86-64 System V: di, si, dx, cx, r8, r9).
 
 Registers checked against the disassembly (objdump -d) of the Debian kvm.ko builds the lab boots:
@@ -20,7 +20,9 @@ import re
 from dataclasses import dataclass, field
 
 from tdptrace.errors import MissingCapability
-from tdptrace.kernel_functions import base_symbol, register_of
+from tdptrace.kernel.release import parse_version
+from tdptrace.kernel.signatures import register_of
+from tdptrace.kernel.symbols import copies_of, listed_functions, text_symbols
 
 # How each argument is fetched (kprobe_events type); names follow kernel_functions.SIGNATURES.
 ARG_TYPES: dict[str, str] = {
@@ -57,7 +59,7 @@ class Era:
 
 _PAGE_TABLE_EVENTS = ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page", "kvm_mmu_zap_all_fast")
 
-# One entry per kernel era the lab knows. Keep in sync with KERNEL.md "Zap functions by era".
+# One entry per kernel era the lab knows. Keep in sync with docs/kernel.md "Zap functions by era".
 ERAS: tuple[Era, ...] = (
     # 5.10: TDP MMU off unless kvm.tdp_mmu=1 at load; no kvm_tdp_mmu_spte_changed tracepoint, so the SPTE
     # changes come from a kprobe on __handle_changed_spte; mmu_lock is a spinlock (__cond_resched_lock).
@@ -89,8 +91,7 @@ ERAS: tuple[Era, ...] = (
 
 def era_for(release: str) -> Era:
     """The Era of kernel `release`; a clear error for kernels the lab has no probe table for."""
-    m = re.match(r"(\d+)\.(\d+)", release)
-    version = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    version = parse_version(release) or (0, 0)
     for era in ERAS:
         if era.since <= version < era.until:
             return era
@@ -108,31 +109,17 @@ class Resolution:
     tracepoints: list[str]
 
 
-def _text_symbols(kallsyms: str) -> set[str]:
-    """Names of text symbols in a kallsyms dump ('addr t name [module]')."""
-    names = set()
-    for line in kallsyms.splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and parts[1] in "tT":
-            names.add(parts[2])
-    return names
-
-
 def resolve(release: str, kallsyms: str, filter_functions: str, kvmmmu_events: str) -> Resolution:
     """Build the kprobe_events lines for `release` from its symbol dumps; raise naming what is missing."""
     era = era_for(release)
-    symbols = _text_symbols(kallsyms)
-    traceable = {line.split()[0] for line in filter_functions.splitlines() if line.strip()}
-    by_base: dict[str, list[str]] = {}
-    for sym in symbols:
-        if not sym.endswith(".cold") and ".cold." not in sym:
-            by_base.setdefault(base_symbol(sym), []).append(sym)
+    traceable = listed_functions(filter_functions)
+    by_base = copies_of([p.function for p in era.probes], text_symbols(kallsyms))
     lines: list[str] = []
     attached: dict[str, str] = {}
     skipped: dict[str, str] = {}
     missing: list[str] = []
     for probe in era.probes:
-        candidates = sorted(by_base.get(probe.function, []), key=lambda s: (s != probe.function, s))
+        candidates = by_base[probe.function]
         if not candidates:
             if probe.required:
                 missing.append(probe.function)
@@ -150,7 +137,7 @@ def resolve(release: str, kallsyms: str, filter_functions: str, kvmmmu_events: s
             reg = register_of(probe.function, release, a)
             if reg is None:
                 raise MissingCapability(f"no register known for {probe.function}({a}) on {release}",
-                                        "add its signature to tdptrace/kernel_functions.py")
+                                        "add its signature to tdptrace/kernel/signatures.py")
             fetch.append(f"{a}=%{reg}:{ARG_TYPES[a]}")
         event = re.sub(r"\W", "_", probe.function)
         lines.append(" ".join([f"p:tdp/{event}", sym, *fetch]))

@@ -23,7 +23,7 @@ SOURCES = ("deb http://deb.debian.org/debian bookworm main\n"
            "deb http://deb.debian.org/debian bookworm-updates main\n"
            "deb http://deb.debian.org/debian-security bookworm-security main\n")
 # What of the project goes into the chroot (installed with pip into /opt/tdptrace, bcc from Debian).
-PROJECT_FILES = ("pyproject.toml", "README.md", "tdptrace", "probes")
+PROJECT_FILES = ("pyproject.toml", "setup.py", "README.md", "tdptrace", "probes")
 
 
 @contextlib.contextmanager

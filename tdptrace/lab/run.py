@@ -5,7 +5,7 @@ Layout of a run directory (OUT):
   share/           the 9p share: params, kprobe_events, hook.sh in; share/out/* out (trace.txt, stats, ...)
   trace.txt        the raw tracefs dump (moved out of share/out)
   NAME.tdp/        the capture imported from trace.txt
-  summary.json     the capture's summary (METRICS.md contract)
+  summary.json     the capture's summary (docs/metrics.md contract)
   run.json         scenario, kernel, kprobe_events, kvmtouch figures, timings
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from tdptrace.importers.tracefs import ENTRIES_RE
 from tdptrace.lab import initramfs, kernels, probes, qemu
 from tdptrace.lab.host import cache_dir, ensure_host_packages
 from tdptrace.lab.scenario import Scenario
+from tdptrace.metrics.summary import summarize
 
 SHARE_TAG = "tdpshare"
 ROOTFS_TAG = "tdproot"
@@ -183,13 +184,13 @@ def run(scenario: Scenario, out: Path | None = None) -> LabRun:
     shutil.move(share_out / "trace.txt", trace)
     events = check_lost(share_out, trace)
     t_boot = time.monotonic()
-    from tdptrace.importers import import_file
     import tdptrace
+    from tdptrace.importers import import_file
 
     capture = out / f"{scenario.name}.tdp"
     shutil.rmtree(capture, ignore_errors=True)
     imported = import_file(trace, capture, kernel_release=kernel.release)
-    summary = tdptrace.open(capture).summary()
+    summary = summarize(tdptrace.open(capture))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     t_end = time.monotonic()
     result = LabRun(

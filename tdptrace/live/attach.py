@@ -1,7 +1,7 @@
 """What to attach on the running kernel: tracepoints present, zap functions and yield points resolved from
 /proc/kallsyms (compiler copies included), and the argument registers of each from kernel_functions.SIGNATURES.
 
-Built on tdptrace.host.check_host (the `doctor` checks): one description of the host for both commands.
+Built on tdptrace.live.host.check_host (the `doctor` checks): one description of the host for both commands.
 Everything that cannot be attached is listed with its reason; the capture's meta and the screen show it.
 """
 from __future__ import annotations
@@ -12,13 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from tdptrace.host import HostReport
-from tdptrace.kernel_functions import PREFERRED_SPAN_FUNCTIONS, base_symbol, is_compiler_copy, signature
+from tdptrace.kernel.functions import PREFERRED_SPAN_FUNCTIONS, VMM_CALLS
+from tdptrace.kernel.signatures import signature
+from tdptrace.kernel.symbols import base_symbol, is_compiler_copy
+from tdptrace.kernel.tracefs import KVMMMU_EVENTS
+from tdptrace.live.host import HostReport
 from tdptrace.live.records import FUNC_ARGS
 
 MAX_SPAN_FUNCS = 16  # span_entry_N / span_return_N programs in probes/record.bpf.c
-KVMMMU_TRACEPOINTS: tuple[str, ...] = ("kvm_tdp_mmu_spte_changed", "kvm_mmu_get_page", "kvm_mmu_prepare_zap_page",
-                                       "kvm_mmu_zap_all_fast", "kvm_mmu_split_huge_page")
+KVMMMU_TRACEPOINTS: tuple[str, ...] = KVMMMU_EVENTS
 # -D switch in probes/record.bpf.c per tracepoint.
 TRACEPOINT_DEFINES: dict[str, str] = {
     "kvm_tdp_mmu_spte_changed": "TDP_TP_SPTE_CHANGED", "kvm_mmu_get_page": "TDP_TP_GET_PAGE",
@@ -30,8 +32,6 @@ YIELD_PROGRAMS: dict[str, str] = {
     "__cond_resched_lock": "yield_entry_spin",
 }
 ARG_FIELDS = ("kvm", "root", "start", "end", "can_yield", "flush", "shared", "zap_level")
-# Called only from the VMM's own ioctls: whoever calls them owns the VM (KERNEL.md "Who zaps").
-VMM_CALLS = frozenset({"kvm_arch_flush_shadow_memslot", "kvm_mmu_zap_all_fast"})
 
 
 @dataclass

@@ -6,10 +6,8 @@ bcc is imported here only, when a recording starts: analysis never needs it.
 from __future__ import annotations
 
 import ctypes
-import re
 import time
 from collections import Counter
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,47 +15,24 @@ import numpy as np
 import pandas as pd
 
 from tdptrace.capture import CaptureWriter
+from tdptrace.capture.hashing import PointerHasher
+from tdptrace.capture.schema import LEVELS, STACKS
 from tdptrace.errors import MissingCapability
-from tdptrace.hashing import PointerHasher
+from tdptrace.kernel.release import ringbuf_supported
+from tdptrace.kernel.spte import Encoding, encoding_for_release
 from tdptrace.live.attach import TRACEPOINT_DEFINES, YIELD_PROGRAMS, ProbePlan
-from tdptrace.live.records import EVENT, KIND, SPAN, decode_events, decode_spans
+from tdptrace.live.programs import cflag, probes_dir
 from tdptrace.live.recording import LiveStatus, RecordOptions, live_meta
+from tdptrace.live.records import EVENT, KIND, SPAN, decode_events, decode_spans
 from tdptrace.live.transport import PAGE_SIZE, PerfReader, RingReader
-from tdptrace.schema import LEVELS, STACKS
-from tdptrace.spte import Encoding, encoding_for_release
 
 PROGRAM = "record.bpf.c"
-_DEFINE_NAME = re.compile(r"^TDP_[A-Z0-9_]+$")
 # tdp_event.kind -> the event name counted in meta.events.counts
 _KIND_EVENT = {KIND["spte"]: "kvm_tdp_mmu_spte_changed", KIND["get_page"]: "kvm_mmu_get_page",
                KIND["prepare_zap"]: "kvm_mmu_prepare_zap_page", KIND["zap_all_fast"]: "kvm_mmu_zap_all_fast",
                KIND["split"]: "kvm_mmu_split_huge_page", KIND["yield"]: "yield_point", KIND["syscall"]: "sys_enter"}
 # stats[] indexes in probes/record.bpf.c
 STAT_DEPTH_OVERFLOW, STAT_TABLES_FULL, STAT_UNMATCHED_RETURN, STAT_RETAINED_PEAK = 1, 2, 4, 5
-
-
-def probes_dir() -> Path:
-    """Where the BPF sources are installed (the tdptrace.probes package data)."""
-    return Path(str(resources.files("tdptrace.probes")))
-
-
-def cflag(name: str, value: int | bool) -> str:
-    """One -D setting; only integers under TDP_* names reach the compiler (never text from the command line)."""
-    if not _DEFINE_NAME.match(name):
-        raise ValueError(f"bad define name {name!r}")
-    if isinstance(value, bool):
-        value = int(value)
-    if not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: defines must be integers, not {type(value).__name__}")
-    return f"-D{name}={int(value)}"
-
-
-def ringbuf_supported(release: str) -> bool:
-    """BPF ring buffers exist since Linux 5.8; older kernels use the perf buffer."""
-    from tdptrace.kernel_functions import parse_version
-
-    v = parse_version(release)
-    return v is None or v >= (5, 8)
 
 
 SELFTEST_MAGIC = 0x7464707472616365  # "tdptrace": marks the test's replay syscalls (TDP_SELFTEST)

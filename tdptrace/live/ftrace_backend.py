@@ -19,15 +19,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tdptrace.assemble import Assembler
 from tdptrace.capture import CaptureWriter
+from tdptrace.capture.assemble import Assembler
 from tdptrace.errors import MissingCapability
 from tdptrace.importers import tracefs
 from tdptrace.importers.decode import decode
-from tdptrace.kernel_functions import ARG_REGISTERS, ZAP_FUNCTIONS
+from tdptrace.kernel.functions import ZAP_FUNCTIONS
+from tdptrace.kernel.signatures import ARG_REGISTERS
+from tdptrace.kernel.spte import encoding_for_release
 from tdptrace.live.attach import ProbePlan
 from tdptrace.live.recording import LiveStatus, RecordOptions, live_meta
-from tdptrace.spte import encoding_for_release
 
 INSTANCE_PREFIX = "tdptrace-"
 READ_BYTES = 4 << 20

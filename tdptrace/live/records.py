@@ -1,6 +1,6 @@
 """numpy mirrors of the records in probes/tdptrace.h, and their decoding into capture-table frames.
 
-Keep in sync with probes/tdptrace.h (tests/test_live_records.py compiles the header with BCC and compares
+Keep in sync with probes/tdptrace.h (tests/live/test_live_records.py compiles the header with BCC and compares
 every size and offset). Decoding is vectorised: one boolean mask per record kind, no Python loop per event.
 """
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tdptrace.hashing import PointerHasher
-from tdptrace.schema import SPANS, ZAP_COUNT_COLUMNS
+from tdptrace.capture.hashing import PointerHasher
+from tdptrace.capture.schema import SPANS, ZAP_COUNT_COLUMNS
 
 COMM_LEN = 16
 

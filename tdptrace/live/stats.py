@@ -15,19 +15,19 @@ from typing import Any, Optional
 import numpy as np
 
 from tdptrace.errors import MissingCapability
-from tdptrace.kernel_functions import base_symbol, is_compiler_copy
-from tdptrace.spte import Encoding, encoding_for_release
-
-
-
-def probes_dir() -> Path:
-    """Where the BPF C sources are: the repository's probes/, shipped in the wheel as tdptrace.probes."""
-    import tdptrace.probes
-
-    return Path(tdptrace.probes.__file__).resolve().parent
-
-
-TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+from tdptrace.kernel.functions import YIELD_FUNCTIONS as _YIELDS
+from tdptrace.kernel.functions import ZAP_LOOPS
+from tdptrace.kernel.spte import Encoding, encoding_for_release
+from tdptrace.kernel.symbols import copies_of, is_compiler_copy, read_text_symbols
+from tdptrace.kernel.tracefs import (
+    GET_PAGE,
+    PREPARE_ZAP,
+    SPTE_CHANGED,
+    TRACEFS_MOUNT,
+    ZAP_ALL_FAST,
+    find_tracefs,
+)
+from tdptrace.live.programs import probes_dir
 
 # Keep in sync with struct vm_stats in probes/stats.h (every member is a u64 or an array of them).
 STATS_LEVELS = 6
@@ -47,11 +47,8 @@ for _name, _n in STATS_FIELDS:
 # Keep in sync with LOST_* in probes/stats.h.
 LOST_REASONS: dict[int, str] = {0: "vm_map_full", 1: "table_map_full", 2: "task_map_full"}
 
-# The zap loops that hold mmu_lock (KERNEL.md "Zap functions by era"): a span is the outermost of these on a task.
-SPAN_FUNCTIONS: tuple[str, ...] = ("tdp_mmu_zap_leafs", "__tdp_mmu_zap_root", "tdp_mmu_zap_root", "zap_gfn_range")
-YIELD_FUNCTIONS: tuple[str, ...] = ("__cond_resched_rwlock_read", "__cond_resched_rwlock_write", "__cond_resched_lock")
-TRACEPOINTS: tuple[str, ...] = ("kvm_tdp_mmu_spte_changed", "kvm_mmu_get_page", "kvm_mmu_prepare_zap_page",
-                                "kvm_mmu_zap_all_fast")
+YIELD_FUNCTIONS: tuple[str, ...] = tuple(sorted(_YIELDS))
+TRACEPOINTS: tuple[str, ...] = (SPTE_CHANGED, GET_PAGE, PREPARE_ZAP, ZAP_ALL_FAST)
 
 
 @dataclass
@@ -109,10 +106,11 @@ class Snapshot:
 
 
 def tracefs() -> Path:
-    for d in TRACEFS_DIRS:
-        if (d / "events").is_dir():
-            return d
-    raise MissingCapability("tracefs is not mounted", "mount it: mount -t tracefs nodev /sys/kernel/tracing")
+    """The mounted tracefs directory; MissingCapability when there is none."""
+    d = find_tracefs()
+    if d is None:
+        raise MissingCapability("tracefs is not mounted", f"mount it: {TRACEFS_MOUNT}")
+    return d
 
 
 def preflight() -> Path:
@@ -126,21 +124,9 @@ def preflight() -> Path:
     return tf
 
 
-def kallsyms_text_symbols(path: Path = Path("/proc/kallsyms")) -> set[str]:
-    """Names of text symbols (t/T) in /proc/kallsyms, module tags stripped."""
-    out = set()
-    with open(path) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3 and parts[1] in ("t", "T"):
-                out.add(parts[2])
-    return out
-
-
 def resolve(wanted: tuple[str, ...], symbols: set[str]) -> list[str]:
     """The running kernel's symbols for the given C names, including .isra/.constprop copies."""
-    want = set(wanted)
-    return sorted(s for s in symbols if base_symbol(s) in want and not s.endswith(".cold"))
+    return sorted(s for copies in copies_of(wanted, symbols).values() for s in copies)
 
 
 def tdp_mmu_enabled() -> Optional[bool]:
@@ -176,10 +162,10 @@ class StatsReader:
         span_syms: list[str] = []
         yield_syms: list[str] = []
         if ok:
-            syms = kallsyms_text_symbols()
-            span_syms, yield_syms = resolve(SPAN_FUNCTIONS, syms), resolve(YIELD_FUNCTIONS, syms)
+            syms = read_text_symbols()
+            span_syms, yield_syms = resolve(ZAP_LOOPS, syms), resolve(YIELD_FUNCTIONS, syms)
             if not span_syms:
-                ok, reason = False, "none of the TDP MMU zap loops (" + ", ".join(SPAN_FUNCTIONS) + \
+                ok, reason = False, "none of the TDP MMU zap loops (" + ", ".join(ZAP_LOOPS) + \
                                     ") is in /proc/kallsyms (TDP MMU not built or inlined)"
         cflags = [f"-I{probes_dir()}", f"-DSPTE_PRESENT_BIT={int(enc == Encoding.PRESENT_BIT)}",
                   f"-DHAVE_SPANS={int(ok)}", f"-DFILTER_TGID={int(pid)}", f"-DMAX_VMS={int(max_vms)}",
@@ -193,7 +179,7 @@ class StatsReader:
             raise MissingCapability("the bcc Python module is not importable",
                                     "install python3-bpfcc (Debian/Ubuntu) and use a venv with system site "
                                     "packages: sudo bash scripts/bootstrap.sh")
-        from tdptrace.host import HostEnv, check_headers
+        from tdptrace.live.host import HostEnv, check_headers
 
         headers = check_headers(HostEnv())  # before BCC, whose own failure is several lines of noise
         if not headers.ok:

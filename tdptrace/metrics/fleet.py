@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+from tdptrace.capture.schema import META_FILE, TABLES
 from tdptrace.errors import BadInput
-from tdptrace.schema import META_FILE, TABLES
 
 
 def find_captures(paths: Iterable[Path]) -> list[Path]:

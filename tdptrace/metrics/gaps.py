@@ -1,11 +1,11 @@
-"""How long KVM holds mmu_lock between yield points (METRICS.md "Yield point and gap")."""
+"""How long KVM holds mmu_lock between yield points (docs/metrics.md "Yield point and gap")."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
 from tdptrace.capture import Capture
-from tdptrace.spans import ancestor_pairs
+from tdptrace.capture.spans import ancestor_pairs
 
 
 def df_gaps(cap: Capture) -> pd.DataFrame:

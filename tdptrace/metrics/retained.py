@@ -1,12 +1,12 @@
-"""How many non-leaf page tables KVM keeps alive with no children (METRICS.md "Page tables...")."""
+"""How many non-leaf page tables KVM keeps alive with no children (docs/metrics.md "Page tables...")."""
 from __future__ import annotations
 
 import pandas as pd
 
 from tdptrace.capture import Capture
+from tdptrace.capture.pagetables import RetainedSeries, retained_series
+from tdptrace.kernel.spte import PAGE_SIZE
 from tdptrace.metrics.zaps import spte_classes
-from tdptrace.pagetables import RetainedSeries, retained_series
-from tdptrace.spte import PAGE_SIZE
 
 
 def series(cap: Capture) -> RetainedSeries:

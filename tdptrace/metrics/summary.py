@@ -1,16 +1,15 @@
-"""The `tdptrace summary --json` object (METRICS.md "Summary contract"), plus extra keys that keep meaning."""
+"""The `tdptrace summary --json` object (docs/metrics.md "Summary contract"), plus extra keys that keep meaning."""
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from tdptrace.capture import Capture
+from tdptrace.capture.schema import LEVELS
 from tdptrace.metrics.gaps import df_gaps, gap_quantiles
 from tdptrace.metrics.retained import retained_summary
 from tdptrace.metrics.zaps import zaps_by_level
-from tdptrace.schema import LEVELS
 
 NO_SPANS = ("no zap spans in this capture: it holds no entry+return events of the TDP zap functions "
             "(kprobes/fentry unavailable or not attached), so yields and gaps cannot be measured")

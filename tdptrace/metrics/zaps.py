@@ -1,13 +1,13 @@
-"""At which levels KVM zaps SPTEs (METRICS.md "Zap")."""
+"""At which levels KVM zaps SPTEs (docs/metrics.md "Zap")."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
 from tdptrace.capture import Capture
-from tdptrace.pagetables import classify
-from tdptrace.schema import LEVELS, ZAP_COUNT_COLUMNS
-from tdptrace.spte import Encoding
+from tdptrace.capture.pagetables import classify
+from tdptrace.capture.schema import LEVELS, ZAP_COUNT_COLUMNS
+from tdptrace.kernel.spte import Encoding
 
 
 def spte_classes(cap: Capture) -> pd.DataFrame:

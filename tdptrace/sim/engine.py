@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tdptrace.capture.schema import LEVELS
 from tdptrace.errors import BadInput
-from tdptrace.kernel_functions import signature
-from tdptrace.schema import LEVELS
+from tdptrace.kernel.signatures import signature
 from tdptrace.sim.costs import CostModel
 from tdptrace.sim.layout import Phase, Workload
 from tdptrace.sim.scheduler import SchedulerModel, Timeline, find_yields

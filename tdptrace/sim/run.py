@@ -4,13 +4,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tdptrace.errors import BadInput
 from tdptrace.sim.costs import CostModel
 from tdptrace.sim.engine import Identity, SimResult, Simulator
 from tdptrace.sim.layout import GuestLayout, Workload, kvmtouch, parse_size, scenario
 from tdptrace.sim.scheduler import SchedulerModel
 from tdptrace.sim.strategies import strategy as get_strategy
 from tdptrace.sim.to_capture import write_capture
-from tdptrace.errors import BadInput
 
 
 @dataclass

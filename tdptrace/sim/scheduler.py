@@ -1,4 +1,4 @@
-"""When need_resched() becomes set for the zapping task, and where it then yields (KERNEL.md "Yields").
+"""When need_resched() becomes set for the zapping task, and where it then yields (docs/kernel.md "Yields").
 
 On a non-preemptible kernel only need_resched() makes KVM yield, so an idle CPU means no yield at all. With
 `contention` other runnable tasks on the CPU, the scheduler tick (every tick_ns) sets need_resched once the

@@ -1,6 +1,6 @@
 """Each era's zap algorithm as the calls it makes: which kernel function runs which loop (tree.ZapRule).
 
-Named after the kernel's own functions (arch/x86/kvm/mmu/tdp_mmu.c of each era; KERNEL.md "Zap functions by
+Named after the kernel's own functions (arch/x86/kvm/mmu/tdp_mmu.c of each era; docs/kernel.md "Zap functions by
 era"). A Call with a rule is one span (a traced entry..return); a Call without one is an entry-only call,
 kept as a marker, as the lab's probes see them. Yield rules live in the loop: every loop here may yield
 (can_yield) except where noted, and a recursive teardown never does.

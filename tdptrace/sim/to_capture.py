@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from tdptrace.capture import CaptureMeta, CaptureWriter, default_host
-from tdptrace.schema import LEVELS, SPANS, TABLES
+from tdptrace.capture.schema import LEVELS, SPANS, TABLES
 from tdptrace.sim.engine import Identity, SimResult
 
 

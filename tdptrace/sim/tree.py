@@ -1,6 +1,6 @@
 """The TDP paging structure under one root, kept per page table (two 512-bit bitmaps each), not per SPTE.
 
-A table is (level of its entries, base gfn), as in METRICS.md. It holds a present bitmap and a leaf bitmap of
+A table is (level of its entries, base gfn), as in docs/metrics.md. It holds a present bitmap and a leaf bitmap of
 512 bits (8 x uint64), so a 1 TiB VM mapped with 4 KiB pages (268M SPTEs) is 524,288 level-1 tables, ~70 MB.
 Installs and zap passes are vectorised over tables. A zap pass reports its work per iterated table (and per
 zapped non-leaf SPTE, whose subtree is torn down recursively) for the cost and yield model; for small trees it
@@ -206,7 +206,7 @@ class TdpTree:
         return out
 
     def retained(self) -> dict[int, int]:
-        """Retained non-leaf tables per level (METRICS.md): linked, once had present entries, none now."""
+        """Retained non-leaf tables per level (docs/metrics.md): linked, once had present entries, none now."""
         out = {}
         for lv, t in self.levels.items():
             if lv == self.root_level or not len(t):

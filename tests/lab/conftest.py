@@ -12,7 +12,7 @@ from tdptrace.lab.scenario import Scenario
 
 KERNELS = ("5.10", "6.1", "6.12")
 # 4K backing under CPU contention (so that zaps yield) and 2M backing without. 512 MiB is what it takes for
-# the root teardown's longest stretch to stand well above TCG's timing noise (LAB.md).
+# the root teardown's longest stretch to stand well above TCG's timing noise (docs/lab.md).
 HOG_MIB = 512
 THP_MIB = 256
 # Below 1 GiB, 5.10's single recursive zap and 6.1's first pass (zap_level 3) tear the same one subtree down

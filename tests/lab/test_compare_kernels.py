@@ -1,7 +1,7 @@
 """The before/after picture on stock kernels: the same 512 MiB scenario under CPU contention on 6.1 (root
 teardown in two passes) and 6.12 (four passes, yielding between them), recorded in the QEMU lab.
 
-LAB.md: 6.1's root teardown yields once in ~200 ms while 6.12's yields about 40 times, 4-12 ms apart.
+docs/lab.md: 6.1's root teardown yields once in ~200 ms while 6.12's yields about 40 times, 4-12 ms apart.
 Seen on 2026-11-25: 6.1 one yield in a 1.17 s teardown (longest hold 537 ms), 6.12 64 yields in 615 ms
 (longest hold 27 ms, in the level-2 pass).
 TCG times are only compared as ratios within this test, never against wall-clock figures.
@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 
 import tdptrace
-from tdptrace.compare import compare
 from tdptrace.lab.scenario import Scenario
-from tdptrace.triage import triage
+from tdptrace.oncall.compare import compare
+from tdptrace.oncall.triage import triage
 
 pytestmark = pytest.mark.lab
 
@@ -35,7 +35,7 @@ def test_612_yields_more_often_in_root_teardown_with_lower_max_gap(kernel_captur
     yps = rows.loc[("root teardown", "yields_per_second")]
     mx = rows.loc[("root teardown", "gap_max_ns")]
     ylo = rows.loc[("root teardown", "yields_in_longest_operation")]
-    assert ylo["a"] <= 2 and ylo["b"] >= 20, (ylo["a"], ylo["b"])           # 1 vs 64 seen; LAB.md: 1 vs ~40
+    assert ylo["a"] <= 2 and ylo["b"] >= 20, (ylo["a"], ylo["b"])           # 1 vs 64 seen; docs/lab.md: 1 vs ~40
     assert ypo["b"] > ypo["a"]
     assert yps["direction"] == "higher" and yps["verdict"] == "better"
     assert mx["direction"] == "lower" and mx["verdict"] == "better"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 import tdptrace
+from tdptrace.metrics.summary import summarize
 from tdptrace.sim.engine import Simulator
 from tdptrace.sim.layout import kvmtouch
 from tdptrace.sim.strategies import strategy
@@ -33,14 +34,14 @@ def _sim(tmp_path, run, kernel: str) -> dict:
     sc = run.scenario
     res = Simulator(strategy(ERA.get(kernel, "5.15"))).run(kvmtouch(sc["mib"], bool(sc["thp"])))
     path = write_capture(res, tmp_path / f"sim-{kernel}.tdp", {"kind": "simulation"}, run.release)
-    return tdptrace.open(path).summary()
+    return summarize(tdptrace.open(path))
 
 
 @pytest.mark.parametrize("kernel", ["6.1", "6.12"])
 @pytest.mark.parametrize("scenario", [thp_scenario, hog_scenario], ids=["2m", "4k-hog"])
 def test_simulation_matches_the_lab_kernel(lab_run, tmp_path, kernel, scenario):
     run = lab_run(scenario(kernel))
-    real = tdptrace.open(run.capture).summary()
+    real = summarize(tdptrace.open(run.capture))
     sim = _sim(tmp_path, run, kernel)
     assert sim["zaps_by_level"] == real["zaps_by_level"]
     assert sim["page_tables"]["allocated"] == real["page_tables"]["allocated"]
@@ -55,6 +56,6 @@ def test_515_era_model_zaps_like_510(lab_run, tmp_path, scenario):
     """5.10's zap_gfn_range zaps like 5.15's: the madvise zap removes the emptied tables' parents, and one
     call tears the whole tree down at memslot deletion."""
     run = lab_run(scenario("5.10"))
-    real = tdptrace.open(run.capture).summary()
+    real = summarize(tdptrace.open(run.capture))
     sim = _sim(tmp_path, run, "5.10")
     assert sim["zaps_by_level"] == real["zaps_by_level"]

@@ -1,0 +1,1 @@
+"""Deployment files shipped with tdptrace: a systemd unit for `tdptrace serve` and Prometheus alert rules."""
