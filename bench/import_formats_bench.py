@@ -2,7 +2,7 @@
 script text, imported side by side in one command.
 
 Prints, for each format, CPU seconds, lines/s, peak RSS and the ratio to tracefs. The trace-cmd and perf texts
-are rendered from the tracefs text the way those tools print it (tests/traceformats.py), with a kallsyms that
+are rendered from the tracefs text the way those tools print it (tests/support/traceformats.py), with a kallsyms that
 names their kprobe addresses. Each import runs in its own process so peak RSS is its own.
 Run: .venv/bin/python bench/import_formats_bench.py [TRACE.txt.xz] (default: the largest shared reference trace).
 """

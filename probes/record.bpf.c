@@ -5,7 +5,7 @@
  * streamed only with --sptes. With kprobes, every call of a zap function is one span kept in per-task state:
  * yield points inside it close gaps, and its return emits ONE tdp_span record carrying duration, yields,
  * max gap, zaps by level and the retained count - a span that zaps millions of SPTEs costs one record.
- * The definitions are the ones tdptrace/spans.py and tdptrace/pagetables.py use for imported traces.
+ * The definitions are the ones tdptrace/capture/spans.py and tdptrace/capture/pagetables.py use for imported traces.
  *
  * Settings (validated integers from tdptrace/live/bcc_recorder.py, passed as -D):
  *   TDP_PERF_BUFFER      1 = perf buffer (kernels older than 5.8), 0 = ring buffer
@@ -744,7 +744,7 @@ int yield_entry_spin(struct pt_regs *ctx) { return on_yield_entry(ctx, YIELD_SPI
 int yield_return(struct pt_regs *ctx) { return yield_end(ctx, bpf_get_current_pid_tgid(), bpf_ktime_get_ns(),
 							 PT_REGS_RC(ctx)); }
 #if TDP_SELFTEST
-/* tests/test_live_aggregation.py: replay a recorded trace through the functions above. The test process
+/* tests/live/test_live_aggregation.py: replay a recorded trace through the functions above. The test process
  * calls syscall(SYS_getpid, op, a1, a2, a3, a4, TDP_SELFTEST_MAGIC); nothing else reaches this path. */
 #define SELFTEST_SPTE 1       /* a1 gfn, a2 old, a3 new, a4 level | as_id << 8 | tid << 16 */
 #define SELFTEST_SPAN_ENTRY 2 /* a1 tid, a2 ts, a3 func_id, a4 zap_level */
@@ -778,7 +778,7 @@ TRACEPOINT_PROBE(raw_syscalls, sys_enter)
 #endif /* TDP_WITH_SPANS */
 
 #if TDP_BENCH
-/* bench/transport.py: a stand-in high-rate tracepoint user space can fire, through the same transport. */
+/* bench/transport_bench.py: a stand-in high-rate tracepoint user space can fire, through the same transport. */
 TRACEPOINT_PROBE(raw_syscalls, sys_enter)
 {
 	if ((bpf_get_current_pid_tgid() >> 32) != TDP_BENCH_TGID)

@@ -116,7 +116,7 @@ static __always_inline u64 table_base(u64 gfn, u32 level)
 
 /* Recount one table after a change (docs/metrics.md): retained = linked, once had present entries, none now.
  * "None now" is present == lowest: a table already populated when we started looking is assumed to have
- * had the fewest entries consistent with what was zapped, as tdptrace/pagetables.py assumes for captures. */
+ * had the fewest entries consistent with what was zapped, as tdptrace/capture/pagetables.py assumes for captures. */
 static __always_inline void settle(struct vm_stats *v, struct table_state *t, u32 level)
 {
 	u8 r = t->linked && t->ever && t->present == t->lowest;

@@ -1,6 +1,6 @@
 /* tdptrace.h - the records the BPF side writes into its ring buffers, declared once.
  *
- * Mirrored by tdptrace/live/records.py (numpy dtypes); tests/test_live_records.py compiles this header
+ * Mirrored by tdptrace/live/records.py (numpy dtypes); tests/live/test_live_records.py compiles this header
  * with BCC and checks every size and offset. Keep both in sync.
  * All records are fixed size, so user space drains a ring buffer as one strided numpy array.
  */

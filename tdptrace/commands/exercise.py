@@ -1,4 +1,4 @@
-"""`tdptrace exercise`: run a small KVM guest through the phases that make KVM zap (see tdptrace/exercise.py)."""
+"""`tdptrace exercise`: run a small KVM guest through the phases that make KVM zap (see tdptrace/lab/exercise.py)."""
 from __future__ import annotations
 
 import json

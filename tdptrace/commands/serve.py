@@ -1,4 +1,4 @@
-"""`tdptrace serve`: a Prometheus exporter of the in-kernel per-VM statistics (see tdptrace/exporter.py)."""
+"""`tdptrace serve`: a Prometheus exporter of the in-kernel per-VM statistics (see tdptrace/live/exporter.py)."""
 from __future__ import annotations
 
 import signal

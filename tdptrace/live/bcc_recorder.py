@@ -40,7 +40,7 @@ SELFTEST_MAGIC = 0x7464707472616365  # "tdptrace": marks the test's replay sysca
 
 def program_defines(plan: ProbePlan, opts: RecordOptions, bench_tgid: int = 0,
                     selftest_tgid: int = 0) -> dict[str, int]:
-    """The -D settings of probes/record.bpf.c for this plan and these options (bench/selftest: a stand-in
+    """The -D settings of probes/record.bpf.c for this plan and these options (bench or selftest: a stand-in
     syscall tracepoint of that process instead of the kvmmmu tracepoints)."""
     enc = encoding_for_release(plan.release) or Encoding.PRESENT_BIT
     d = {

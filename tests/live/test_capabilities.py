@@ -1,6 +1,6 @@
 """Missing capabilities for the live commands: `record` refuses (or degrades) with the specific line and exit
 status for each - not root, bcc missing, kernel headers missing, tracefs unmounted, no KVM (/dev/kvm),
-tdp_mmu off, kprobes absent. The host is a fake tree (tests/hostfake.py) swapped in for check_host, so the
+tdp_mmu off, kprobes absent. The host is a fake tree (tests/support/hostfake.py) swapped in for check_host, so the
 real host is never broken; `top` and `serve` are checked as a real unprivileged process, and the degraded
 cases once more on this host where it really lacks the TDP MMU and kprobes."""
 from __future__ import annotations

@@ -18,7 +18,7 @@ from tdptrace.sim.strategies import strategy
 from tdptrace.sim.to_capture import write_capture
 
 # Under QEMU TCG with tracing a zap costs ~850 ns, not ~50 ns: what `calibrate` fits from the reference
-# captures (tests/test_sim_costs.py checks that fit).
+# captures (tests/commands/test_sim_cli.py checks that fit).
 TCG_COSTS = CostModel(leaf_zap_ns=850.0, nonleaf_zap_ns=850.0, table_free_ns=0.0, iter_ns=33.0, yield_ns=0.0,
                       call_ns=7000.0, fault_ns=50_000.0)
 
