@@ -137,7 +137,7 @@ def scenario(layout: GuestLayout, name: str, start: int | None = None, end: int 
     return Workload(layout, phases, name=name)
 
 
-# The lab's guest (tdptrace/lab kvmtouch, /work/shared/data/MANIFEST.md): identity-mapped page tables at gfns
+# The lab's guest (tdptrace/lab/kvmtouch.c, docs/lab.md "Reference traces"): identity-mapped page tables at gfns
 # 1-3 and guest code at gfn 8 sit in the first 2 MiB; data pages start at 2 MiB. Seen in the reference traces:
 # the first level-1 installs are gfns 1, 2, 3, 8, then 0x200 upwards.
 KVMTOUCH_EXTRA_PAGES = (1, 2, 3, 8)
