@@ -1,8 +1,10 @@
-/* In-kernel aggregation for `tdptrace top` and `tdptrace serve`: the per-VM counters the BPF side keeps.
+/* stats.h - what probes/stats.bpf.c (`tdptrace top`, `tdptrace serve`) shares with user space: the per-VM
+ * counters, the map keys user space reads, and the lost-update reasons.
  *
- * Shared by probes/stats.bpf.c and mirrored by tdptrace/live/stats.py (STATS_DTYPE); a test checks that the
- * sizes agree. Keep in sync with tdptrace/live/stats.py. Every field is a u64 so user space can read a value
- * as one flat array.
+ * Keep in sync with tdptrace/live/stats.py (STATS_H, STATS_FIELDS, REPLAY_EVENT).
+ * tests/live/test_probe_headers.py checks every #define here against STATS_H (both ways) with the C
+ * preprocessor, and the struct sizes and offsets as BCC compiles them. Every vm_stats field is a u64 so user
+ * space can read a value as one flat array.
  */
 #ifndef TDPTRACE_STATS_H
 #define TDPTRACE_STATS_H
@@ -29,7 +31,8 @@ struct vm_stats {
 	__u64 gap_hist[GAP_BUCKETS];
 };
 
-/* Per-table state for the retained-table gauge: (vm, as_id, level of its entries, base gfn). */
+/* Map `tables`, per-table state for the retained-table gauge: (vm, as_id, level of its entries, base gfn).
+ * User space drops a gone VM's leftovers by `vm`. */
 struct table_key {
 	__u32 vm;
 	__u8 as_id;
@@ -38,17 +41,9 @@ struct table_key {
 	__u64 base_gfn;
 };
 
-struct table_state {
-	__s64 present;  /* entries installed minus entries zapped since the table was first seen */
-	__s64 lowest;   /* lowest `present` so far: below 0 = entries installed before we looked */
-	__u8 linked;    /* the non-leaf SPTE one level up is present */
-	__u8 ever;      /* had present entries since it was (re)linked */
-	__u8 retained;  /* currently counted in vm_stats.retained */
-	__u8 relinked;  /* a link op was seen: the table's whole life since then is known */
-	__u8 pad[4];
-};
-
-/* One SPTE change fed to the replay program (tests only, -DSTATS_REPLAY): the tracepoint's fields. */
+/* One SPTE change fed to stats_replay.bpf.c (tests only): the tracepoint's fields, after STATS_REPLAY_PAD
+ * bytes (XDP test packets need an Ethernet header's 14). */
+#define STATS_REPLAY_PAD 16
 struct replay_event {
 	__u64 gfn;
 	__u64 old_spte;
@@ -59,21 +54,16 @@ struct replay_event {
 	__u16 pad;
 };
 
-/* The comm of the task that first charged a VM (user space prefers /proc/PID/comm while it lives). */
+/* Map `vm_comm`: the comm of the task that first charged a VM (user space prefers /proc/PID/comm while it
+ * lives). */
 struct comm_name {
 	char comm[16];
 };
 
-/* A task inside a probed zap function (kprobes only). */
-struct span_state {
-	__u64 last_ns;  /* span start, or the previous yield point's return */
-	__u32 depth;    /* nesting of probed zap functions on this task */
-	__u32 vm;
-};
-
+/* Map `lost` (u64 per CPU): updates the program could not make, by reason. */
 #define LOST_VM_MAP_FULL 0
 #define LOST_TABLE_MAP_FULL 1
 #define LOST_TASK_MAP_FULL 2
 #define LOST_SLOTS 3
 
-#endif
+#endif /* TDPTRACE_STATS_H */

@@ -1,14 +1,26 @@
-"""The BPF C programs shipped with tdptrace (probes/, installed as the tdptrace.probes package data) and
-the one way settings reach their compiler: integer -D defines under TDP_* names, never text."""
+"""The BPF C programs shipped with tdptrace (probes/, installed as the tdptrace.probes package data), the text
+BCC compiles from them, and the one way settings reach their compiler: integer -D defines under TDP_* names.
+
+BCC rewrites map methods (`stats.lookup(&k)`) in its main source only, so a header of probes/ that uses maps
+cannot simply be #included: `program_source` splices the probes' own headers into the program's text, each
+once, with #line markers so that compiler messages still name the header and line. Only that text and the
+validated defines reach BCC; `program_text` shows both exactly as compiled (`record --ebpf`).
+"""
 from __future__ import annotations
 
+import ctypes
 import re
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 _DEFINE_NAME = re.compile(r"^TDP_[A-Z0-9_]+$")
+# A quoted include of a file next to the program (the probes' own headers); <...> includes are the kernel's.
+_LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*(?://.*|/\*.*\*/[ \t]*)?$')
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9_.]+\.h$")
 
 
 def probes_dir() -> Path:
@@ -25,3 +37,54 @@ def cflag(name: str, value: int | bool) -> str:
     if not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name}: defines must be integers, not {type(value).__name__}")
     return f"-D{name}={int(value)}"
+
+
+def cflags(defines: Mapping[str, int | bool]) -> list[str]:
+    """Every setting as a validated -D flag."""
+    return [cflag(k, v) for k, v in defines.items()]
+
+
+def program_source(name: str, directory: Path | None = None) -> str:
+    """The program `name` (a file of probes/) with the probes' headers it includes spliced in, each once."""
+    d = directory or probes_dir()
+    out: list[str] = []
+    _splice(d, name, out, set())
+    return "".join(out)
+
+
+def _splice(d: Path, name: str, out: list[str], seen: set[str]) -> None:
+    seen.add(name)
+    lines = (d / name).read_text().splitlines(keepends=True)
+    out.append(f'#line 1 "{name}"\n')
+    for n, line in enumerate(lines, start=1):
+        m = _LOCAL_INCLUDE.match(line)
+        if not m:
+            out.append(line if line.endswith("\n") else line + "\n")
+            continue
+        header = m.group(1)
+        if not _HEADER_NAME.match(header):
+            raise ValueError(f"{name}:{n}: #include \"{header}\": only headers next to the program can be included")
+        if header not in seen:
+            _splice(d, header, out, seen)
+        out.append(f'#line {n + 1} "{name}"\n')
+
+
+def program_text(name: str, defines: Mapping[str, int | bool]) -> str:
+    """The program exactly as compiled: the settings as #defines, a blank line, then program_source(name)."""
+    settings = [f"#define {flag[2:].replace('=', ' ', 1)}" for flag in cflags(defines)]
+    return "\n".join(settings) + "\n\n" + program_source(name)
+
+
+def bcc_compat(bpf_class: Any) -> None:
+    """BCC 0.26 cannot map a `signed char` (__s8) map field to ctypes; teach it (harmless where it can)."""
+    bpf_class.str2ctype.setdefault("signed char", ctypes.c_byte)
+
+
+def load(name: str, defines: Mapping[str, int | bool], bpf_class: Any = None) -> Any:
+    """Compile program `name` with these settings and load it with BCC (its tracepoint programs attach
+    themselves). bcc is imported here, lazily; BCC's own exceptions pass through to the caller."""
+    if bpf_class is None:
+        from bcc import BPF as bpf_class  # noqa: N813, PLC0415 - lazily, only on the live path
+    bcc_compat(bpf_class)
+    flags = cflags(defines)
+    return bpf_class(text=program_source(name).encode(), cflags=flags)

@@ -27,11 +27,19 @@ from tdptrace.kernel.tracefs import (
     ZAP_ALL_FAST,
     find_tracefs,
 )
-from tdptrace.live.programs import probes_dir
+from tdptrace.live.programs import cflags, load, probes_dir, program_text  # noqa: F401
 
+PROGRAM = "stats.bpf.c"
+REPLAY_PROGRAM = "stats_replay.bpf.c"  # tests: recorded SPTE changes through the same counting code
+
+# Keep in sync with probes/stats.h: every #define there, with its value.
+STATS_H: dict[str, int] = {
+    "STATS_LEVELS": 6, "GAP_BUCKETS": 64, "STATS_REPLAY_PAD": 16,
+    "LOST_VM_MAP_FULL": 0, "LOST_TABLE_MAP_FULL": 1, "LOST_TASK_MAP_FULL": 2, "LOST_SLOTS": 3,
+}
+STATS_LEVELS = STATS_H["STATS_LEVELS"]
+GAP_BUCKETS = STATS_H["GAP_BUCKETS"]
 # Keep in sync with struct vm_stats in probes/stats.h (every member is a u64 or an array of them).
-STATS_LEVELS = 6
-GAP_BUCKETS = 64
 STATS_FIELDS: tuple[tuple[str, int], ...] = (
     ("zap_leaf", STATS_LEVELS), ("zap_nonleaf", STATS_LEVELS), ("pt_alloc", STATS_LEVELS),
     ("pt_free", STATS_LEVELS), ("retained", STATS_LEVELS), ("zap_all_fast", 1), ("spte_changes", 1),
@@ -44,8 +52,12 @@ _off = 0
 for _name, _n in STATS_FIELDS:
     _SLICES[_name] = slice(_off, _off + _n)
     _off += _n
-# Keep in sync with LOST_* in probes/stats.h.
-LOST_REASONS: dict[int, str] = {0: "vm_map_full", 1: "table_map_full", 2: "task_map_full"}
+# Map `lost`: slot -> reason (LOST_* in probes/stats.h).
+LOST_REASONS: dict[int, str] = {STATS_H[f"LOST_{r.upper()}"]: r for r in ("vm_map_full", "table_map_full",
+                                                                         "task_map_full")}
+# struct replay_event of probes/stats.h: one SPTE change for stats_replay.bpf.c (tests).
+REPLAY_EVENT = np.dtype([("gfn", "<u8"), ("old_spte", "<u8"), ("new_spte", "<u8"), ("vm", "<u4"), ("level", "u1"),
+                         ("as_id", "u1"), ("pad", "<u2")])
 
 YIELD_FUNCTIONS: tuple[str, ...] = tuple(sorted(_YIELDS))
 TRACEPOINTS: tuple[str, ...] = (SPTE_CHANGED, GET_PAGE, PREPARE_ZAP, ZAP_ALL_FAST)
@@ -144,6 +156,14 @@ def kprobes_supported(tf: Path) -> tuple[bool, str]:
     return True, ""
 
 
+def stats_defines(encoding: Encoding, spans: bool, tdp_tracepoint: bool, pid: int = 0, max_vms: int = 1024,
+                  max_tables: int = 65536, max_tasks: int = 4096) -> dict[str, int]:
+    """The -D settings of probes/stats.bpf.c (and stats_replay.bpf.c) for this kernel and these options."""
+    return {"TDP_PRESENT_BIT": int(encoding == Encoding.PRESENT_BIT), "TDP_WITH_SPANS": int(spans),
+            "TDP_TP_SPTE_CHANGED": int(tdp_tracepoint), "TDP_FILTER_TGID": int(pid), "TDP_MAX_VMS": int(max_vms),
+            "TDP_MAX_TABLES": int(max_tables), "TDP_MAX_TASKS": int(max_tasks)}
+
+
 class StatsReader:
     """Loads probes/stats.bpf.c and reads its maps. Not thread-safe: one reader thread per instance."""
 
@@ -167,12 +187,9 @@ class StatsReader:
             if not span_syms:
                 ok, reason = False, "none of the TDP MMU zap loops (" + ", ".join(ZAP_LOOPS) + \
                                     ") is in /proc/kallsyms (TDP MMU not built or inlined)"
-        cflags = [f"-I{probes_dir()}", f"-DSPTE_PRESENT_BIT={int(enc == Encoding.PRESENT_BIT)}",
-                  f"-DHAVE_SPANS={int(ok)}", f"-DFILTER_TGID={int(pid)}", f"-DMAX_VMS={int(max_vms)}",
-                  f"-DMAX_TABLES={int(max_tables)}"]
-        if not tdp_tp:
-            cflags.append("-DNO_TDP_TRACEPOINT=1")
-        self.cflags = cflags
+        self.defines = stats_defines(enc, spans=ok, tdp_tracepoint=tdp_tp, pid=pid, max_vms=max_vms,
+                                     max_tables=max_tables)
+        self.cflags = cflags(self.defines)
         try:
             from bcc import BPF
         except ImportError:
@@ -185,7 +202,7 @@ class StatsReader:
         if not headers.ok:
             raise MissingCapability(f"kernel headers for BCC: {headers.detail}", headers.fix)
         try:
-            self.bpf = BPF(src_file=str(probes_dir() / "stats.bpf.c").encode(), cflags=cflags)
+            self.bpf = load(PROGRAM, self.defines, BPF)
         except Exception as exc:  # BCC raises bare Exception on compile/load failure
             raise MissingCapability(f"could not load the statistics program ({exc})",
                                     "check kernel headers for BCC (/lib/modules/$(uname -r)/build and source)")
@@ -215,7 +232,8 @@ class StatsReader:
         self.loaded_mono_ns = time.monotonic_ns()
 
     def ebpf_source(self) -> str:
-        return (probes_dir() / "stats.bpf.c").read_text()
+        """The program exactly as compiled, settings included."""
+        return program_text(PROGRAM, self.defines)
 
     def _comm(self, vm: int, fallback: str) -> str:
         try:

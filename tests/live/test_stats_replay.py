@@ -1,5 +1,6 @@
 """The in-kernel counting of probes/stats.bpf.c, fed the SPTE changes of real 6.1 traces through
-BPF_PROG_TEST_RUN: zaps by level and retained tables must equal EXPECTED.md and tdptrace's own analysis.
+BPF_PROG_TEST_RUN (probes/stats_replay.bpf.c: an XDP program around the same counting header): zaps by level
+and retained tables must equal EXPECTED.md and tdptrace's own analysis.
 
 This host's KVM has no TDP MMU (kvm.tdp_mmu=N), so the kvm_tdp_mmu_spte_changed handler never fires here;
 replaying recorded changes through the same C function is how its arithmetic is checked on real data.
@@ -13,15 +14,15 @@ import numpy as np
 import pytest
 from refdata import expected
 
-from tdptrace.live.stats import _SLICES, STATS_WORDS, probes_dir
+from tdptrace.kernel.spte import Encoding
+from tdptrace.live.stats import _SLICES, REPLAY_EVENT, REPLAY_PROGRAM, STATS_H, STATS_WORDS, stats_defines
 from tdptrace.metrics.summary import summarize
 
-REPLAY_VM = 0xFFFFFFF0  # above any pid: live events counted by the attached tracepoints cannot collide
+REPLAY_VM = 0xFFFFFFF0  # above any pid
 SYS_BPF = 321  # x86-64
 BPF_PROG_TEST_RUN = 10
-PAD = 16
-EVENT = np.dtype([("gfn", "<u8"), ("old_spte", "<u8"), ("new_spte", "<u8"), ("vm", "<u4"), ("level", "u1"),
-                  ("as_id", "u1"), ("pad", "<u2")])  # keep in sync with struct replay_event in probes/stats.h
+PAD = STATS_H["STATS_REPLAY_PAD"]
+EVENT = REPLAY_EVENT
 
 
 class ProgTestRunAttr(ctypes.Structure):
@@ -36,14 +37,15 @@ class ProgTestRunAttr(ctypes.Structure):
 
 
 class Replayer:
-    """probes/stats.bpf.c built with -DSTATS_REPLAY; feeds SPTE changes one test run each."""
+    """probes/stats_replay.bpf.c with the settings `top` uses on a 6.1 host; feeds SPTE changes one test run
+    each."""
 
     def __init__(self) -> None:
         from bcc import BPF
 
-        d = probes_dir()
-        self.bpf = BPF(src_file=str(d / "stats.bpf.c").encode(),
-                       cflags=[f"-I{d}", "-DSPTE_PRESENT_BIT=1", "-DHAVE_SPANS=0", "-DSTATS_REPLAY=1"])
+        from tdptrace.live.programs import load
+
+        self.bpf = load(REPLAY_PROGRAM, stats_defines(Encoding.PRESENT_BIT, spans=False, tdp_tracepoint=True), BPF)
         self.fd = self.bpf.load_func(b"replay", BPF.XDP).fd
         self.libc = ctypes.CDLL(None, use_errno=True)
         self.out = ctypes.create_string_buffer(256)

@@ -1,0 +1,230 @@
+"""The probes' shared headers and the Python that mirrors them agree.
+
+- Every #define of probes/stats.h is in STATS_H with the same value, and the other way round (read with the
+  C preprocessor, gcc -E -dM: no root needed).
+- The SPTE constants of probes/spte.bpf.h are those of tdptrace/kernel/spte.py, and its functions, run in the
+  kernel on a table of SPTE values of every era, answer as spte.py does (needs root and bcc).
+"""
+from __future__ import annotations
+
+import ast
+import ctypes
+import operator
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tdptrace.kernel import spte
+from tdptrace.kernel.spte import Encoding
+from tdptrace.live import programs
+from tdptrace.live.stats import STATS_H
+
+PROBES = programs.probes_dir()
+SYS_GETPID = 39  # x86-64
+
+# ---- the C preprocessor's view of a header -------------------------------------------------------------
+
+
+def _gcc() -> str:
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        pytest.skip("no C compiler driver (gcc) to run the preprocessor with")
+    return gcc
+
+
+def _cpp(args: list[str], text: str) -> str:
+    return subprocess.run([_gcc(), "-E", "-P", "-x", "c", *args, "-"], input=text, capture_output=True, text=True,
+                          check=True).stdout
+
+
+_INT = re.compile(r"\b(0[xX][0-9a-fA-F]+|\d+)[uUlL]*\b")
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.LShift: operator.lshift,
+        ast.RShift: operator.rshift, ast.BitOr: operator.or_, ast.BitAnd: operator.and_, ast.BitXor: operator.xor}
+
+
+def _value(expr: str) -> int:
+    """An integer constant expression as the preprocessor expanded it ('(2 * 5)', '(1ULL << 11)')."""
+
+    def ev(node: ast.AST) -> int:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -ev(node.operand)
+        raise ValueError(f"not an integer constant: {expr!r}")
+
+    return ev(ast.parse(_INT.sub(lambda m: str(int(m.group(1), 0)), expr), mode="eval").body)
+
+
+def header_macros(header: Path, defines: dict[str, int] | None = None) -> dict[str, int]:
+    """Every object-like macro `header` defines (include guard aside), with its integer value."""
+    flags = [f"-I{header.parent}"] + [f"-D{k}={v}" for k, v in (defines or {}).items()]
+    base = set(re.findall(r"^#define (\w+)", _cpp(["-dM", *flags], ""), re.M))
+    own = _cpp(["-dM", *flags], f'#include "{header}"\n')
+    names = [n for n in re.findall(r"^#define (\w+)[ \n]", own, re.M) if n not in base and not n.endswith("_H")]
+    expanded = _cpp(flags, f'#include "{header}"\n' + "".join(f'@@ "{n}" {n}\n' for n in names))
+    values = dict(re.findall(r'^@@ "(\w+)" (.+)$', expanded, re.M))
+    return {n: _value(values[n]) for n in names}
+
+
+def _diff(want: dict[str, int], got: dict[str, int]) -> list[str]:
+    out = [f"{k}: Python {want[k]:#x}, header {got[k]:#x}" for k in want if k in got and want[k] != got[k]]
+    out += [f"{k}: in Python, not in the header" for k in want if k not in got]
+    out += [f"{k}: in the header, not in Python" for k in got if k not in want]
+    return out
+
+
+def test_stats_h_defines_are_exactly_stats_py_STATS_H():
+    assert _diff(STATS_H, header_macros(PROBES / "stats.h")) == []
+
+
+# spte.bpf.h constant -> the value tdptrace/kernel/spte.py (or the simulator writing traces) decides by.
+def _spte_mirror() -> dict[str, int]:
+    from tdptrace.sim.strategies import FourPass, Strategy
+
+    return {
+        "PT64_ROOT_MAX_LEVEL": spte.MAX_LEVEL, "SPTE_ENT_PER_PAGE": spte.ENTRIES_PER_TABLE,
+        "SPTE_LEVEL_BITS": int(np.log2(spte.ENTRIES_PER_TABLE)),
+        "ROLE_LEVEL_MASK": 0xF,  # importers/decode.py reads a page table's level as role & 0xF
+        "SPTE_MMU_PRESENT_MASK": int(spte.SPTE_MMU_PRESENT_MASK), "PT_PAGE_SIZE_MASK": int(spte.PT_PAGE_SIZE_MASK),
+        "LEGACY_SPECIAL_MASK": int(spte.LEGACY_SPECIAL_MASK), "LEGACY_MMIO_VALUE": int(spte.LEGACY_MMIO_VALUE),
+        "LEGACY_REMOVED_SPTE": int(spte.LEGACY_REMOVED_SPTE),
+        # the markers the simulator writes for its eras, and Debian's 7.3.4 build's
+        "REMOVED_SPTE_5_13": Strategy.removed_spte, "FROZEN_SPTE_6_10": FourPass.removed_spte,
+        "SHADOW_NONPRESENT_VALUE": FourPass.nonpresent_spte, "FROZEN_SPTE_7_3": 0x80000000000001A0,
+    }
+
+
+def test_spte_bpf_h_constants_are_kernel_spte_py():
+    for present_bit in (0, 1):
+        assert _diff(_spte_mirror(), header_macros(PROBES / "spte.bpf.h", {"TDP_PRESENT_BIT": present_bit})) == []
+
+
+def test_spte_bpf_h_refuses_to_compile_without_its_era():
+    run = subprocess.run([_gcc(), "-E", "-x", "c", "-"], input=f'#include "{PROBES / "spte.bpf.h"}"\n',
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "TDP_PRESENT_BIT is not set" in run.stderr
+
+
+# ---- BCC: the SPTE rules in the kernel --------------------------------------------------------------
+
+
+def _bpf():
+    if os.geteuid() != 0:
+        pytest.skip("compiling and loading BPF needs root")
+    try:
+        from bcc import BPF
+    except ImportError:
+        pytest.skip("bcc (python3-bpfcc) is not installed")
+    programs.bcc_compat(BPF)
+    return BPF
+
+
+SPTE_CHECK = """
+#include "spte.bpf.h"
+struct answer {
+	u64 seq;
+	u64 base;
+	u8 present;
+	u8 present_bit;
+	u8 present_legacy;
+	u8 leaf;
+	u32 role_level;
+};
+BPF_ARRAY(answer, struct answer, 1);
+
+TRACEPOINT_PROBE(raw_syscalls, sys_enter)
+{
+	if ((bpf_get_current_pid_tgid() >> 32) != TDP_TEST_TGID || args->id != 39)
+		return 0;
+	if ((u64)args->args[5] != TDP_TEST_MAGIC)
+		return 0;
+	int zero = 0;
+	struct answer *a = answer.lookup(&zero);
+	if (!a)
+		return 0;
+	u64 s = args->args[0], gfn = args->args[2];
+	u32 level = args->args[1];
+	a->seq = args->args[3];
+	a->present = spte_present(s);
+	a->present_bit = spte_present_bit(s);
+	a->present_legacy = spte_present_legacy(s);
+	a->leaf = spte_leaf(s, level);
+	a->base = table_base(gfn, level);
+	a->role_level = role_level(args->args[4]);
+	return 0;
+}
+"""
+SPTE_CHECK_MAGIC = 0x7370746563686B21  # marks the test's own getpid() calls for SPTE_CHECK
+B, L = Encoding.PRESENT_BIT, Encoding.LEGACY
+# (what, SPTE, level, {era: present as the kernel of that era decides}); every value also goes through the
+# other era's rule, compared with spte.py only.
+SPTE_TABLE: list[tuple[str, int, int, dict[Encoding, bool]]] = [
+    ("6.1 4K leaf", 0x2BBDE67, 1, {B: True}),
+    ("6.1 2M leaf", 0x13800EE7, 2, {B: True}),
+    ("6.1 non-leaf (L2)", 0x12C86827, 2, {B: True}),
+    ("6.1 non-leaf (L4 root entry)", 0x1344A827, 4, {B: True}),
+    ("6.10+ leaf with bit 63", 0x8000000002BBDE67, 1, {B: True}),
+    ("1G leaf", 0x40000EE7, 3, {B: True}),
+    ("0", 0, 1, {B: False, L: False}),
+    ("REMOVED_SPTE 5.13-6.9", 0x5A0, 1, {B: False}),
+    ("FROZEN_SPTE 6.10+", 0x80000000000005A0, 2, {B: False}),
+    ("FROZEN_SPTE Debian 7.3.4", 0x80000000000001A0, 3, {B: False}),
+    ("non-present 6.10+", 1 << 63, 1, {B: False}),
+    ("MMIO 5.13+ (no bit 11)", (3 << 52) | 0x3E6, 1, {B: False}),
+    ("5.10 leaf (no bit 11)", 0x2BBD677, 1, {L: True, B: False}),
+    ("5.10 non-leaf (no bit 11)", 0x12C86027, 2, {L: True, B: False}),
+    ("5.10 2M leaf", 0x13800677, 2, {L: True}),
+    ("5.10 MMIO", (3 << 52) | 0x1000 | 0x6, 1, {L: False}),
+    ("5.11 REMOVED_SPTE", 1 << 59, 1, {L: False, B: False}),
+    ("bits 53:52 = 01 (not MMIO)", (1 << 52) | 0x677, 1, {L: True}),
+]
+GFNS = (0, 0x1FF, 0x4000, 0x12345678, 0xFFFFFFFFF)
+
+
+def _ask(answer, calls: list[tuple[int, int, int, int]]) -> list[tuple]:
+    """Each (spte, level, gfn, role) through the BPF functions, one getpid() each."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    syscall = libc.syscall
+    syscall.argtypes = [ctypes.c_long] + [ctypes.c_uint64] * 6
+    out = []
+    for seq, (s, level, gfn, role) in enumerate(calls, start=1):
+        syscall(SYS_GETPID, s, level, gfn, seq, role, SPTE_CHECK_MAGIC)
+        a = answer[ctypes.c_int(0)]
+        assert a.seq == seq, "the check program did not see the syscall"
+        out.append((bool(a.present), bool(a.present_bit), bool(a.present_legacy), bool(a.leaf), int(a.base),
+                    int(a.role_level)))
+    return out
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("encoding", [Encoding.PRESENT_BIT, Encoding.LEGACY])
+def test_spte_rules_in_the_kernel_answer_as_kernel_spte_py(encoding):
+    BPF = _bpf()
+    text = SPTE_CHECK.replace('#include "spte.bpf.h"\n', programs.program_source("spte.bpf.h"))
+    b = BPF(text=text.encode(), cflags=programs.cflags({"TDP_PRESENT_BIT": int(encoding == Encoding.PRESENT_BIT),
+                                                        "TDP_TEST_TGID": os.getpid(),
+                                                        "TDP_TEST_MAGIC": SPTE_CHECK_MAGIC}))
+    calls = [(s, level, gfn, 0x1E0 | level) for _, s, level, _ in SPTE_TABLE for gfn in GFNS] + \
+            [(0x677, level, gfn, 0x300 | level) for level in range(0, spte.MAX_LEVEL + 1) for gfn in GFNS]
+    try:
+        got = _ask(b[b"answer"], calls)
+    finally:
+        b.cleanup()
+    s, level, gfn, role = (np.array(c, dtype=np.uint64) for c in zip(*calls))
+    want = list(zip(spte.is_present(s, encoding).tolist(), spte.is_present(s, Encoding.PRESENT_BIT).tolist(),
+                    spte.is_present(s, Encoding.LEGACY).tolist(), spte.is_leaf(s, level).tolist(),
+                    spte.table_base(gfn, level).astype(np.int64).tolist(), (role & np.uint64(0xF)).tolist()))
+    wrong = [(f"spte {c[0]:#x} level {c[1]} gfn {c[2]:#x}", "spte.py", w, "BPF", g)
+             for c, w, g in zip(calls, want, got) if w != g]  # (present, bit rule, legacy rule, leaf, base, level)
+    assert wrong == []
+    # and both are right: what each era's kernel decides for these values
+    for i, (what, _, _, era) in enumerate(SPTE_TABLE):
+        for enc, present in era.items():
+            assert got[i * len(GFNS)][1 if enc == Encoding.PRESENT_BIT else 2] is present, (what, enc)
