@@ -1,7 +1,7 @@
 """Recorder memory benchmark: the BCC recorder's RSS over a long run at a high event rate, beside the same
 recorder idle for as long, each in its own process, one after the other.
 
-The events come from the recorder's stand-in high-rate tracepoint (TDP_BENCH: raw_syscalls:sys_enter of
+The events come from the recorder's stand-in high-rate tracepoint (probes/record_bench.bpf.c: raw_syscalls:sys_enter of
 bench/syscall_producer.c calling getppid() at a set rate) through the real BccRecorder: ring buffer drain,
 decoding, chunk writing, meta updates. The recorder aggregates nothing per event in user space, so its memory
 should not grow with the rate or the length of the run: the aim is a peak under 2x the idle recorder's and a

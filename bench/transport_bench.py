@@ -1,6 +1,7 @@
 """Transport benchmark: the recorder's batched ring-buffer drain beside a naive BCC consumer (one Python
 callback per event), both fed by the same stand-in high-rate tracepoint (raw_syscalls:sys_enter of a
-producer process calling getppid() at a set rate) through the recorder's own BPF program (TDP_BENCH).
+producer process calling getppid() at a set rate) through the recorder's own transport
+(probes/record_bench.bpf.c).
 
 For each offered rate it prints, for both consumers: events/s delivered, events dropped (counted in the
 kernel per CPU), and the consumer's CPU as a fraction of one core; then each one's highest lossless rate

@@ -17,9 +17,8 @@ from tdptrace.kernel.signatures import signature
 from tdptrace.kernel.symbols import base_symbol, is_compiler_copy
 from tdptrace.kernel.tracefs import KVMMMU_EVENTS
 from tdptrace.live.host import HostReport
-from tdptrace.live.records import FUNC_ARGS
+from tdptrace.live.records import ARG_REGS, FUNC_ARGS, MAX_SPAN_FUNCS
 
-MAX_SPAN_FUNCS = 16  # span_entry_N / span_return_N programs in probes/record.bpf.c
 KVMMMU_TRACEPOINTS: tuple[str, ...] = KVMMMU_EVENTS
 # -D switch in probes/record.bpf.c per tracepoint.
 TRACEPOINT_DEFINES: dict[str, str] = {
@@ -46,7 +45,7 @@ class SpanFunction:
         """The tdp_func_args value for this function (register index per argument, -1 where unknown)."""
         rec = np.zeros(1, dtype=FUNC_ARGS)
         for f in ARG_FIELDS:
-            rec[f] = self.params.index(f) if self.params and f in self.params[:6] else -1
+            rec[f] = self.params.index(f) if self.params and f in self.params[:ARG_REGS] else -1
         rec["vmm_call"] = 1 if self.name in VMM_CALLS else 0
         return rec
 

@@ -17,31 +17,45 @@ import pandas as pd
 from tdptrace.capture import CaptureWriter
 from tdptrace.capture.hashing import PointerHasher
 from tdptrace.capture.schema import LEVELS, STACKS
-from tdptrace.errors import MissingCapability
+from tdptrace.errors import BadInput, MissingCapability
 from tdptrace.kernel.release import ringbuf_supported
 from tdptrace.kernel.spte import Encoding, encoding_for_release
+from tdptrace.live import programs
 from tdptrace.live.attach import TRACEPOINT_DEFINES, YIELD_PROGRAMS, ProbePlan
-from tdptrace.live.programs import cflag, probes_dir
+from tdptrace.live.programs import bcc_compat, cflag, probes_dir  # noqa: F401 - re-exported for callers
 from tdptrace.live.recording import LiveStatus, RecordOptions, live_meta
-from tdptrace.live.records import EVENT, KIND, SPAN, decode_events, decode_spans
+from tdptrace.live.records import (
+    DROPS_SLOTS,
+    EVENT,
+    KIND,
+    MAX_PIDS,
+    SELFTEST_MAGIC,  # noqa: F401 - re-exported for the tests that replay traces
+    SPAN,
+    STAT_DEPTH_OVERFLOW,
+    STAT_RETAINED_PEAK,
+    STAT_TABLES_FULL,
+    STAT_UNMATCHED_RETURN,
+    decode_events,
+    decode_spans,
+)
 from tdptrace.live.transport import PAGE_SIZE, PerfReader, RingReader
 
-PROGRAM = "record.bpf.c"
+PROGRAM = "record.bpf.c"  # what a recording attaches
+BENCH_PROGRAM = "record_bench.bpf.c"  # bench/: the transport under a stand-in syscall tracepoint
+SELFTEST_PROGRAM = "record_selftest.bpf.c"  # tests: a recorded trace replayed into the aggregation
 # tdp_event.kind -> the event name counted in meta.events.counts
 _KIND_EVENT = {KIND["spte"]: "kvm_tdp_mmu_spte_changed", KIND["get_page"]: "kvm_mmu_get_page",
                KIND["prepare_zap"]: "kvm_mmu_prepare_zap_page", KIND["zap_all_fast"]: "kvm_mmu_zap_all_fast",
                KIND["split"]: "kvm_mmu_split_huge_page", KIND["yield"]: "yield_point", KIND["syscall"]: "sys_enter"}
-# stats[] indexes in probes/record.bpf.c
-STAT_DEPTH_OVERFLOW, STAT_TABLES_FULL, STAT_UNMATCHED_RETURN, STAT_RETAINED_PEAK = 1, 2, 4, 5
-
-
-SELFTEST_MAGIC = 0x7464707472616365  # "tdptrace": marks the test's replay syscalls (TDP_SELFTEST)
 
 
 def program_defines(plan: ProbePlan, opts: RecordOptions, bench_tgid: int = 0,
                     selftest_tgid: int = 0) -> dict[str, int]:
-    """The -D settings of probes/record.bpf.c for this plan and these options (bench or selftest: a stand-in
-    syscall tracepoint of that process instead of the kvmmmu tracepoints)."""
+    """The -D settings for this plan and these options: of probes/record.bpf.c, or with bench_tgid of
+    record_bench.bpf.c, or with selftest_tgid of record_selftest.bpf.c (a stand-in syscall tracepoint of that
+    process instead of the kvmmmu tracepoints; see program_for)."""
+    if bench_tgid and selftest_tgid:
+        raise ValueError("a program is either the bench or the selftest, not both")
     enc = encoding_for_release(plan.release) or Encoding.PRESENT_BIT
     d = {
         "TDP_PERF_BUFFER": int(not ringbuf_supported(plan.release)),
@@ -51,34 +65,40 @@ def program_defines(plan: ProbePlan, opts: RecordOptions, bench_tgid: int = 0,
         "TDP_YIELD_RETURN": int(plan.spans and bool(plan.yield_functions)),
         "TDP_FILTER_PIDS": int(bool(opts.pids)), "TDP_STACKS": int(opts.stacks and plan.spans),
         "TDP_STACK_MIN_GAP_NS": int(opts.stack_min_gap_ns), "TDP_MAX_TABLES": int(opts.max_tables),
-        "TDP_BENCH": int(bench_tgid > 0), "TDP_BENCH_TGID": int(bench_tgid),
-        "TDP_SELFTEST": int(selftest_tgid > 0), "TDP_SELFTEST_TGID": int(selftest_tgid),
-        "TDP_SELFTEST_MAGIC": SELFTEST_MAGIC,
     }
-    for tp, define in TRACEPOINT_DEFINES.items():
-        d[define] = int(tp in plan.tracepoints and bench_tgid == 0 and selftest_tgid == 0)
+    if bench_tgid:
+        d["TDP_BENCH_TGID"] = int(bench_tgid)
+    elif selftest_tgid:
+        d["TDP_SELFTEST_TGID"] = int(selftest_tgid)
+    else:
+        for tp, define in TRACEPOINT_DEFINES.items():
+            d[define] = int(tp in plan.tracepoints)
     return d
 
 
+def program_for(defines: dict[str, int]) -> str:
+    """The program these settings are for (program_defines)."""
+    if defines.get("TDP_BENCH_TGID"):
+        return BENCH_PROGRAM
+    if defines.get("TDP_SELFTEST_TGID"):
+        return SELFTEST_PROGRAM
+    return PROGRAM
+
+
 def program_text(defines: dict[str, int]) -> str:
-    """The BPF program exactly as compiled: the settings as #defines, the header, then the source."""
-    src = probes_dir()
-    lines = [f"#define {k} {v}" for k, v in defines.items()]
-    return "\n".join(lines) + "\n\n" + (src / "tdptrace.h").read_text() + "\n" + (src / PROGRAM).read_text()
+    """The BPF program exactly as compiled: the settings as #defines, then the source with its headers."""
+    return programs.program_text(program_for(defines), defines)
 
 
 def compile_program(defines: dict[str, int]):
     """Load the BPF module (tracepoint programs attach themselves); MissingCapability when bcc cannot."""
     try:
-        from bcc import BPF  # noqa: PLC0415 - lazily, only on the live path
+        import bcc  # noqa: F401, PLC0415 - lazily, only on the live path
     except ImportError:
         raise MissingCapability("bcc is not importable", "install python3-bpfcc (sudo bash scripts/bootstrap.sh) "
                                 "or use --backend ftrace")
-    bcc_compat(BPF)
-    src = probes_dir()
-    flags = [f"-I{src}"] + [cflag(k, v) for k, v in defines.items()]
     try:
-        return BPF(src_file=str(src / PROGRAM).encode(), cflags=flags)
+        return programs.load(program_for(defines), defines)
     except Exception as exc:  # bcc raises bare Exception on compile/load failures
         raise MissingCapability(f"BCC could not compile or load the probes ({str(exc).splitlines()[0][:100]})",
                                 "check kernel headers (tdptrace doctor), or use --backend ftrace")
@@ -91,16 +111,14 @@ def _remove_empty_capture(path: Path) -> None:
         path.rmdir()
 
 
-def bcc_compat(bpf_class) -> None:
-    """BCC 0.26 cannot map a `signed char` (__s8) map field to ctypes; teach it (harmless where it can)."""
-    bpf_class.str2ctype.setdefault("signed char", ctypes.c_byte)
-
-
 class BccRecorder:
     """Live recording through BCC: one instance per capture."""
 
     def __init__(self, plan: ProbePlan, opts: RecordOptions, argv: list[str] | None = None) -> None:
         opts.validate()
+        if len(set(opts.pids)) > MAX_PIDS:
+            raise BadInput(f"-p names {len(set(opts.pids))} processes; one recording follows at most {MAX_PIDS}",
+                           "record fewer VMs at a time, or all of them (no -p)")
         self.plan = plan
         self.opts = opts
         self.defines = program_defines(plan, opts)
@@ -246,7 +264,7 @@ class BccRecorder:
     def _drops_per_cpu(self) -> dict[str, int]:
         drops = self.bpf[b"drops"]
         out: Counter = Counter()
-        for i in (0, 1):
+        for i in DROPS_SLOTS:
             for cpu, n in enumerate(drops[ctypes.c_int(i)]):
                 if n:
                     out[str(cpu)] += int(n)

@@ -1,7 +1,8 @@
-"""numpy mirrors of the records in probes/tdptrace.h, and their decoding into capture-table frames.
+"""numpy mirrors of the records in probes/record.h, and their decoding into capture-table frames.
 
-Keep in sync with probes/tdptrace.h (tests/live/test_live_records.py compiles the header with BCC and compares
-every size and offset). Decoding is vectorised: one boolean mask per record kind, no Python loop per event.
+Keep in sync with probes/record.h: RECORD_H holds every #define there, the dtypes every struct
+(tests/live/test_probe_headers.py checks both against the header, the structs as BCC compiles them).
+Decoding is vectorised: one boolean mask per record kind, no Python loop per event.
 """
 from __future__ import annotations
 
@@ -11,16 +12,50 @@ import pandas as pd
 from tdptrace.capture.hashing import PointerHasher
 from tdptrace.capture.schema import SPANS, ZAP_COUNT_COLUMNS
 
-COMM_LEN = 16
-
-# tdp_event.kind; keep in sync with TDP_KIND_* in probes/tdptrace.h.
-KIND: dict[str, int] = {
-    "spte": 1, "get_page": 2, "prepare_zap": 3, "zap_all_fast": 4, "split": 5, "yield": 6, "syscall": 7,
+# Keep in sync with probes/record.h: every #define there, with its value.
+RECORD_H: dict[str, int] = {
+    "TDP_COMM_LEN": 16, "TDP_LEVELS": 5, "TDP_ZAP_COUNTERS": 10,
+    "TDP_KIND_SPTE": 1, "TDP_KIND_GET_PAGE": 2, "TDP_KIND_PREPARE_ZAP": 3, "TDP_KIND_ZAP_ALL_FAST": 4,
+    "TDP_KIND_SPLIT": 5, "TDP_KIND_YIELD": 6, "TDP_KIND_SYSCALL": 7,
+    "TDP_F_CREATED": 1, "TDP_F_UNSYNC": 2, "TDP_F_RETURNED": 4,
+    "TDP_F_YIELD_READ": 0x10, "TDP_F_YIELD_WRITE": 0x20, "TDP_F_YIELD_SPIN": 0x40,
+    "TDP_STAT_SPAN_ID": 0, "TDP_STAT_DEPTH_OVERFLOW": 1, "TDP_STAT_TABLES_FULL": 2, "TDP_STAT_MAX_LEVEL": 3,
+    "TDP_STAT_UNMATCHED_RETURN": 4, "TDP_STAT_RETAINED_PEAK": 5, "TDP_STAT_COUNT": 6,
+    "TDP_DROPS_EVENTS": 0, "TDP_DROPS_SPANS": 1, "TDP_DROPS_COUNT": 2,
+    "TDP_MAX_FUNCS": 16, "TDP_ARG_REGS": 6, "TDP_MAX_PIDS": 1024,
+    "TDP_SELFTEST_MAGIC": 0x7464707472616365, "TDP_SELFTEST_SPTE": 1, "TDP_SELFTEST_SPAN_ENTRY": 2,
+    "TDP_SELFTEST_SPAN_RETURN": 3, "TDP_SELFTEST_YIELD_ENTRY": 4, "TDP_SELFTEST_YIELD_RETURN": 5,
 }
-F_CREATED, F_UNSYNC, F_RETURNED = 1, 2, 4
-# Yield flavour bits in tdp_event.flags (YIELD_* in probes/record.bpf.c) -> kernel function name.
+
+COMM_LEN = RECORD_H["TDP_COMM_LEN"]
+ZAP_COUNTERS = RECORD_H["TDP_ZAP_COUNTERS"]  # tdp_span.zaps: leaf_l1, nonleaf_l1, leaf_l2, ...
+# tdp_event.kind
+KIND: dict[str, int] = {
+    name: RECORD_H[f"TDP_KIND_{name.upper()}"]
+    for name in ("spte", "get_page", "prepare_zap", "zap_all_fast", "split", "yield", "syscall")
+}
+F_CREATED, F_UNSYNC, F_RETURNED = RECORD_H["TDP_F_CREATED"], RECORD_H["TDP_F_UNSYNC"], RECORD_H["TDP_F_RETURNED"]
+# Yield flavour bits in tdp_event.flags -> kernel function name.
 YIELD_FUNCTION: dict[int, str] = {
-    0x10: "__cond_resched_rwlock_read", 0x20: "__cond_resched_rwlock_write", 0x40: "__cond_resched_lock",
+    RECORD_H["TDP_F_YIELD_READ"]: "__cond_resched_rwlock_read",
+    RECORD_H["TDP_F_YIELD_WRITE"]: "__cond_resched_rwlock_write",
+    RECORD_H["TDP_F_YIELD_SPIN"]: "__cond_resched_lock",
+}
+# Indexes of map `stats` (s64) and map `drops` (u64 per CPU).
+STAT_DEPTH_OVERFLOW = RECORD_H["TDP_STAT_DEPTH_OVERFLOW"]
+STAT_TABLES_FULL = RECORD_H["TDP_STAT_TABLES_FULL"]
+STAT_UNMATCHED_RETURN = RECORD_H["TDP_STAT_UNMATCHED_RETURN"]
+STAT_RETAINED_PEAK = RECORD_H["TDP_STAT_RETAINED_PEAK"]
+DROPS_SLOTS = tuple(range(RECORD_H["TDP_DROPS_COUNT"]))
+# span_entry_N / span_return_N programs, and argument registers a span function's parameters are read from.
+MAX_SPAN_FUNCS = RECORD_H["TDP_MAX_FUNCS"]
+ARG_REGS = RECORD_H["TDP_ARG_REGS"]
+MAX_PIDS = RECORD_H["TDP_MAX_PIDS"]  # capacity of map `pids` (-p)
+# record_selftest.bpf.c: the replay syscall's marker and operations.
+SELFTEST_MAGIC = RECORD_H["TDP_SELFTEST_MAGIC"]
+SELFTEST_OPS: dict[str, int] = {
+    op: RECORD_H[f"TDP_SELFTEST_{op.upper()}"]
+    for op in ("spte", "span_entry", "span_return", "yield_entry", "yield_return")
 }
 
 _HEAD = [
@@ -38,7 +73,7 @@ UNION_OFFSET = 40
 SPAN = np.dtype([
     ("start_ts", "<u8"), ("end_ts", "<u8"), ("span_id", "<i8"), ("parent_id", "<i8"), ("kvm", "<u8"),
     ("root", "<u8"), ("gfn_start", "<u8"), ("gfn_end", "<u8"), ("ret", "<i8"), ("away_ns", "<u8"),
-    ("max_gap_ns", "<u8"), ("retained_after", "<i8"), ("zaps", "<u8", (10,)), ("tid", "<u4"), ("pid", "<u4"),
+    ("max_gap_ns", "<u8"), ("retained_after", "<i8"), ("zaps", "<u8", (ZAP_COUNTERS,)), ("tid", "<u4"), ("pid", "<u4"),
     ("yields", "<u4"), ("lock_drops", "<u4"), ("stack_id", "<i4"), ("cpu", "<u2"), ("func_id", "u1"),
     ("depth", "u1"), ("zap_level", "i1"), ("shared", "i1"), ("can_yield", "i1"), ("flush", "i1"),
     ("_pad", "u1", (4,)), ("comm", f"S{COMM_LEN}"),

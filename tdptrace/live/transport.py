@@ -1,6 +1,6 @@
 """Getting records out of the kernel in batches: a BPF ring buffer read through mmap as one numpy array.
 
-The recorder's ring buffers hold fixed-size records (probes/tdptrace.h), so everything between the
+The recorder's ring buffers hold fixed-size records (probes/record.h), so everything between the
 consumer and producer positions is a strided array: one slice, one busy-bit check and one copy per batch
 instead of one Python callback per event. Layout (kernel/bpf/ringbuf.c, since Linux 5.8): page 0 = consumer
 position (writable), page 1 = producer position, then the data area mapped twice in a row so a record that
@@ -77,7 +77,7 @@ class RingReader:
         bad = (lens & ~(BUSY_BIT | DISCARD_BIT)) != self.record.itemsize
         if bad.any():
             raise TransportError(f"ring buffer record of {int(lens[bad][0] & ~(BUSY_BIT | DISCARD_BIT))} bytes, "
-                                 f"expected {self.record.itemsize}: probes/tdptrace.h and records.py disagree")
+                                 f"expected {self.record.itemsize}: probes/record.h and records.py disagree")
         out = slots["rec"][~discarded].copy() if discarded.any() else slots["rec"].copy()
         self._cons[0] = cons + n * self.stride
         self.stats.records += len(out)

@@ -2,8 +2,9 @@
 
 This host has no TDP MMU and no kprobes, so the test replays each reference trace (the lab's 6.1 recordings)
 event by event into the very BPF functions the kprobes and tracepoints call: the test process makes
-getpid() syscalls carrying the event (TDP_SELFTEST), and the recorder's program aggregates them in the
-kernel - zaps by level, spans, yields, max gaps, retained tables after each span - exactly as it would live.
+getpid() syscalls carrying the event to probes/record_selftest.bpf.c, which holds nothing but that syscall's
+handler around the recorder's own headers, and the kernel aggregates them - zaps by level, spans, yields,
+max gaps, retained tables after each span - exactly as it would live.
 """
 from __future__ import annotations
 
@@ -16,11 +17,21 @@ import pandas as pd
 import pytest
 from refdata import SHARED_DATA, reference_trace
 
+from tdptrace.live.records import (
+    DROPS_SLOTS,
+    SELFTEST_MAGIC,
+    SELFTEST_OPS,
+    STAT_RETAINED_PEAK,
+    YIELD_FUNCTION,
+    ZAP_COUNTERS,
+)
+
 SYS_GETPID = 39
-OPS = {"spte": 1, "span_entry": 2, "span_return": 3, "yield_entry": 4, "yield_return": 5}
+OPS = SELFTEST_OPS
 SPAN_FUNCTIONS = [("tdp_mmu_zap_leafs", ("kvm", "root", "start", "end", "can_yield", "flush")),
                   ("__tdp_mmu_zap_root", ("kvm", "root", "shared", "zap_level"))]
-YIELD_FLAVOUR = {"__cond_resched_rwlock_read": 0x10, "__cond_resched_rwlock_write": 0x20}
+YIELD_FLAVOUR = {name: bit for bit, name in YIELD_FUNCTION.items()
+                 if name in ("__cond_resched_rwlock_read", "__cond_resched_rwlock_write")}  # 6.1's yield points
 
 
 def replay_ops(path) -> np.ndarray:
@@ -64,8 +75,6 @@ def replay_ops(path) -> np.ndarray:
 
 
 def _replay(b, ops: np.ndarray) -> None:
-    from tdptrace.live.bcc_recorder import SELFTEST_MAGIC
-
     libc = ctypes.CDLL(None, use_errno=True)
     call = libc.syscall
     call.argtypes = [ctypes.c_long] + [ctypes.c_uint64] * 6
@@ -84,7 +93,7 @@ def test_kernel_aggregation_of_a_replayed_trace_gives_expected(name, reference_c
         pytest.skip("bcc (python3-bpfcc) is not installed")
     from tdptrace.capture.hashing import PointerHasher
     from tdptrace.live.attach import ProbePlan, SpanFunction
-    from tdptrace.live.bcc_recorder import compile_program, program_defines
+    from tdptrace.live.bcc_recorder import compile_program, program_defines, program_for
     from tdptrace.live.recording import RecordOptions
     from tdptrace.live.records import EVENT, SPAN, decode_events, decode_spans
     from tdptrace.live.transport import PAGE_SIZE, RingReader
@@ -95,7 +104,9 @@ def test_kernel_aggregation_of_a_replayed_trace_gives_expected(name, reference_c
                      span_functions=[SpanFunction(n, n, p) for n, p in SPAN_FUNCTIONS],
                      yield_functions=list(YIELD_FLAVOUR))
     opts = RecordOptions(output=None, event_pages=64, span_pages=16)  # type: ignore[arg-type]
-    b = compile_program(program_defines(plan, opts, selftest_tgid=os.getpid()))
+    defines = program_defines(plan, opts, selftest_tgid=os.getpid())
+    assert program_for(defines) == "record_selftest.bpf.c"
+    b = compile_program(defines)
     try:
         args = b[b"func_args"]
         for i, f in enumerate(plan.span_functions):
@@ -108,10 +119,10 @@ def test_kernel_aggregation_of_a_replayed_trace_gives_expected(name, reference_c
         ret = b[b"retained"]
         retained_end = {str(lv): int(ret[ctypes.c_int(lv)].value) for lv in range(1, 6)
                         if int(ret[ctypes.c_int(lv)].value)}
-        peak = int(b[b"stats"][ctypes.c_int(5)].value)
+        peak = int(b[b"stats"][ctypes.c_int(STAT_RETAINED_PEAK)].value)
         zt = b[b"zap_totals"]
-        totals = [sum(int(v) for v in zt[ctypes.c_int(i)]) for i in range(10)]
-        drops = sum(int(n) for i in (0, 1) for n in b[b"drops"][ctypes.c_int(i)])
+        totals = [sum(int(v) for v in zt[ctypes.c_int(i)]) for i in range(ZAP_COUNTERS)]
+        drops = sum(int(n) for i in DROPS_SLOTS for n in b[b"drops"][ctypes.c_int(i)])
     finally:
         b.cleanup()
     want = json.loads((SHARED_DATA / "expected" / f"{name}.json").read_text())

@@ -1,5 +1,6 @@
-"""The records of probes/tdptrace.h as numpy sees them, their decoding, the ring-buffer transport (drops
-included) and the settings that reach the BPF compiler. Tests that compile BPF need root and bcc."""
+"""The records of probes/record.h as numpy sees them, their decoding, the ring-buffer transport (drops
+included, through probes/record_bench.bpf.c) and the settings that reach the BPF compiler. Tests that compile
+BPF need root and bcc; the header's layout and every program's settings are checked in test_probe_headers.py."""
 from __future__ import annotations
 
 import ctypes
@@ -10,8 +11,8 @@ import pytest
 
 from tdptrace.capture.hashing import PointerHasher
 from tdptrace.capture.schema import SPANS
-from tdptrace.live.bcc_recorder import cflag, probes_dir
-from tdptrace.live.records import EVENT, EVENT_PAGE, EVENT_YIELD, FUNC_ARGS, KIND, SPAN, decode_events, decode_spans
+from tdptrace.live.bcc_recorder import cflag
+from tdptrace.live.records import DROPS_SLOTS, EVENT, EVENT_PAGE, EVENT_YIELD, KIND, SPAN, decode_events, decode_spans
 from tdptrace.metrics.summary import summarize
 
 GETPPID_NR = 110  # x86-64
@@ -28,38 +29,6 @@ def _bpf():
 
     bcc_compat(BPF)
     return BPF
-
-
-def _fields(ctype) -> dict[str, tuple[int, int]]:
-    return {name: (getattr(ctype, name).offset, getattr(ctype, name).size) for name, _ in ctype._fields_}
-
-
-@pytest.mark.live
-def test_numpy_dtypes_match_the_header_as_compiled():
-    BPF = _bpf()
-    b = BPF(src_file=str(probes_dir() / "layout.bpf.c").encode(), cflags=[f"-I{probes_dir()}"])
-    ev = b[b"layout_event"].Leaf
-    assert ctypes.sizeof(ev) == EVENT.itemsize == EVENT_PAGE.itemsize == EVENT_YIELD.itemsize == 64
-    head = _fields(ev)
-    for name in ("ts", "tid", "pid", "cpu", "kind", "level", "as_id", "flags", "ret", "comm"):
-        assert head[name] == (EVENT.fields[name][1], EVENT.fields[name][0].itemsize), name
-    union = dict(ev._fields_)["u"]
-    base = head["u"][0]
-    for member, dtype in (("spte", EVENT), ("page", EVENT_PAGE), ("yield", EVENT_YIELD)):
-        body = _fields(dict(union._fields_)[member])
-        for name, (off, size) in body.items():
-            assert (base + off, size) == (dtype.fields[name][1], dtype.fields[name][0].itemsize), (member, name)
-    sp = b[b"layout_span"].Leaf
-    assert ctypes.sizeof(sp) == SPAN.itemsize
-    for name, (off, size) in _fields(sp).items():
-        if name == "pad":
-            continue
-        assert (off, size) == (SPAN.fields[name][1], SPAN.fields[name][0].itemsize), name
-    fa = b[b"layout_func_args"].Leaf
-    assert ctypes.sizeof(fa) == FUNC_ARGS.itemsize
-    for name, (off, size) in _fields(fa).items():
-        if name != "pad":
-            assert off == FUNC_ARGS.fields[name][1], name
 
 
 def test_defines_accept_only_integers_under_tdp_names():
@@ -141,16 +110,18 @@ def test_decode_yields_and_spans_hash_pointers_and_keep_nulls():
 
 def _bench_program(BPF, pages: int):
     from tdptrace.live.attach import ProbePlan
-    from tdptrace.live.bcc_recorder import compile_program, program_defines
+    from tdptrace.live.bcc_recorder import compile_program, program_defines, program_for
     from tdptrace.live.recording import RecordOptions
 
     plan = ProbePlan(release=os.uname().release, tracefs=None, tracepoints=[], kprobes=False, fentry=False)
     opts = RecordOptions(output=None, event_pages=pages, span_pages=1)  # type: ignore[arg-type]
-    return compile_program(program_defines(plan, opts, bench_tgid=os.getpid()))
+    defines = program_defines(plan, opts, bench_tgid=os.getpid())
+    assert program_for(defines) == "record_bench.bpf.c"
+    return compile_program(defines)
 
 
 def _drops(b) -> int:
-    return sum(int(n) for i in (0, 1) for n in b[b"drops"][ctypes.c_int(i)])
+    return sum(int(n) for i in DROPS_SLOTS for n in b[b"drops"][ctypes.c_int(i)])
 
 
 @pytest.mark.live
@@ -243,7 +214,7 @@ def test_summary_reads_the_recorders_in_kernel_counters_without_spte_rows(tmp_pa
 @pytest.mark.live
 def test_perf_buffer_fallback_delivers_every_record():
     """Kernels before 5.8 get the perf buffer; this kernel has both, so the fallback is checked here."""
-    BPF = _bpf()
+    _bpf()
     from tdptrace.live.attach import ProbePlan
     from tdptrace.live.bcc_recorder import compile_program, program_defines
     from tdptrace.live.recording import RecordOptions

@@ -1,9 +1,12 @@
-"""The probes' shared headers and the Python that mirrors them agree.
+"""The probes' headers and the Python that mirrors them agree, and every program compiles with every setting.
 
-- Every #define of probes/stats.h is in STATS_H with the same value, and the other way round (read with the
-  C preprocessor, gcc -E -dM: no root needed).
+- Every #define of probes/record.h and probes/stats.h is in RECORD_H / STATS_H with the same value, and the
+  other way round (read with the C preprocessor, gcc -E -dM: no root needed).
 - The SPTE constants of probes/spte.bpf.h are those of tdptrace/kernel/spte.py, and its functions, run in the
-  kernel on a table of SPTE values of every era, answer as spte.py does (needs root and bcc).
+  kernel on a table of SPTE values of every era, answer as spte.py does.
+- Every struct Python reads has the sizes and offsets of its numpy dtype, as BCC compiles it.
+- The settings each program reads are exactly those Python passes.
+The BCC parts need root and bcc; the comparisons are also run on a deliberately broken copy, to show they fail.
 """
 from __future__ import annotations
 
@@ -22,7 +25,12 @@ import pytest
 from tdptrace.kernel import spte
 from tdptrace.kernel.spte import Encoding
 from tdptrace.live import programs
-from tdptrace.live.stats import STATS_H
+from tdptrace.live.attach import TRACEPOINT_DEFINES, YIELD_PROGRAMS, ProbePlan, SpanFunction
+from tdptrace.live.bcc_recorder import BENCH_PROGRAM, PROGRAM, SELFTEST_PROGRAM, program_defines, program_for
+from tdptrace.live.recording import RecordOptions
+from tdptrace.live.records import EVENT, EVENT_PAGE, EVENT_YIELD, FUNC_ARGS, RECORD_H, SPAN, YIELD_FUNCTION
+from tdptrace.live.stats import _SLICES, REPLAY_EVENT, REPLAY_PROGRAM, STATS_FIELDS, STATS_H, stats_defines
+from tdptrace.live.stats import PROGRAM as STATS_PROGRAM
 
 PROBES = programs.probes_dir()
 SYS_GETPID = 39  # x86-64
@@ -80,8 +88,22 @@ def _diff(want: dict[str, int], got: dict[str, int]) -> list[str]:
     return out
 
 
+def test_record_h_defines_are_exactly_records_py_RECORD_H():
+    assert _diff(RECORD_H, header_macros(PROBES / "record.h")) == []
+
+
 def test_stats_h_defines_are_exactly_stats_py_STATS_H():
     assert _diff(STATS_H, header_macros(PROBES / "stats.h")) == []
+
+
+def test_a_header_drifting_from_python_is_caught(tmp_path):
+    h = (PROBES / "record.h").read_text()
+    assert "#define TDP_KIND_SPLIT 5 " in h and "#define TDP_MAX_PIDS 1024\n" in h
+    (tmp_path / "record.h").write_text(h.replace("#define TDP_KIND_SPLIT 5 ", "#define TDP_KIND_SPLIT 9 ")
+                                       .replace("#define TDP_MAX_PIDS 1024\n", "#define TDP_MAX_PID 1024\n"))
+    assert _diff(RECORD_H, header_macros(tmp_path / "record.h")) == [
+        "TDP_KIND_SPLIT: Python 0x5, header 0x9", "TDP_MAX_PIDS: in Python, not in the header",
+        "TDP_MAX_PID: in the header, not in Python"]
 
 
 # spte.bpf.h constant -> the value tdptrace/kernel/spte.py (or the simulator writing traces) decides by.
@@ -112,7 +134,96 @@ def test_spte_bpf_h_refuses_to_compile_without_its_era():
     assert run.returncode != 0 and "TDP_PRESENT_BIT is not set" in run.stderr
 
 
-# ---- BCC: the SPTE rules in the kernel --------------------------------------------------------------
+# ---- which settings each program reads -----------------------------------------------------------------
+
+_SETTING = re.compile(r"\bTDP_[A-Z0-9_]+\b")
+
+
+def _settings_read(name: str) -> set[str]:
+    """TDP_* names a program uses that neither it nor its shared header defines: the settings it reads."""
+    src = re.sub(r"/\*.*?\*/|//[^\n]*", " ", programs.program_source(name), flags=re.S)  # code, not comments
+    own = set(re.findall(r"^[ \t]*#[ \t]*define[ \t]+(TDP_\w+)", src, re.M))
+    return set(_SETTING.findall(src)) - own - set(RECORD_H)
+
+
+def _record_inputs(spans=True, sptes=True, pids=True, stacks=True, yields=True, release="6.1.0-56-amd64",
+                   tracepoints=tuple(TRACEPOINT_DEFINES)) -> tuple[ProbePlan, RecordOptions]:
+    plan = ProbePlan(release=release, tracefs=None, tracepoints=list(tracepoints), kprobes=spans, fentry=False,
+                     span_functions=[SpanFunction("tdp_mmu_zap_leafs", "tdp_mmu_zap_leafs",
+                                                  ("kvm", "root", "start", "end", "can_yield", "flush"))],
+                     yield_functions=["__cond_resched_rwlock_read"] if yields else [])
+    opts = RecordOptions(output=None, pids=(1,) if pids else (), sptes=sptes, stacks=stacks)  # type: ignore[arg-type]
+    return plan, opts
+
+
+def test_each_program_reads_exactly_the_settings_python_passes():
+    plan, opts = _record_inputs()
+    d = program_defines(plan, opts)
+    assert program_for(d) == PROGRAM and _settings_read(PROGRAM) == set(d)
+    d = program_defines(plan, opts, selftest_tgid=os.getpid())
+    assert program_for(d) == SELFTEST_PROGRAM and _settings_read(SELFTEST_PROGRAM) == set(d)
+    d = program_defines(plan, opts, bench_tgid=os.getpid())
+    assert program_for(d) == BENCH_PROGRAM and _settings_read(BENCH_PROGRAM) <= set(d)
+    assert "TDP_BENCH_TGID" in _settings_read(BENCH_PROGRAM)
+    s = stats_defines(Encoding.PRESENT_BIT, spans=True, tdp_tracepoint=True)
+    assert _settings_read(STATS_PROGRAM) == set(s)
+    assert _settings_read(REPLAY_PROGRAM) <= set(s)
+    # a setting can never be redefined by a header constant of the same name
+    assert not set(RECORD_H) & (set(d) | set(program_defines(plan, opts)))
+    assert not set(STATS_H) & set(s)
+
+
+def test_production_programs_hold_no_test_handlers():
+    src = programs.program_source(PROGRAM)
+    assert set(re.findall(r"TRACEPOINT_PROBE\((\w+),", src)) == {"kvmmmu"}
+    assert "raw_syscalls" not in src and "TDP_SELFTEST_TGID" not in src and "TDP_BENCH_TGID" not in src
+    stats = programs.program_source(STATS_PROGRAM)
+    assert set(re.findall(r"TRACEPOINT_PROBE\((\w+),", stats)) == {"kvmmmu"} and "xdp_md" not in stats
+
+
+def test_attach_tables_match_the_programs_that_use_them():
+    """attach.py's tracepoint switches and yield programs are the ones record.bpf.c defines, and the flavour
+    each yield program stamps decodes to the function it is attached to."""
+    src = (PROBES / PROGRAM).read_text()
+    switches = dict((tp, sw) for sw, tp in re.findall(r"#if (TDP_TP_\w+)\nTRACEPOINT_PROBE\(kvmmmu, (\w+)\)", src))
+    assert switches == TRACEPOINT_DEFINES
+    stamps = dict(re.findall(r"int (yield_entry_\w+)\(struct pt_regs \*ctx\) \{ return on_yield_entry\(ctx, (\w+)\)",
+                             src))
+    assert {fn: YIELD_FUNCTION[RECORD_H[stamps[prog]]] for fn, prog in YIELD_PROGRAMS.items()} == \
+        {fn: fn for fn in YIELD_PROGRAMS}
+    assert len(re.findall(r"SPAN_PROBES\(\d+\)", src)) == RECORD_H["TDP_MAX_FUNCS"]
+
+
+def test_program_source_splices_each_header_once_and_keeps_lines(tmp_path):
+    src = programs.program_source(PROGRAM)
+    assert '#include "' not in src
+    for h in ("record.h", "spte.bpf.h", "record_transport.bpf.h", "record_tables.bpf.h", "record_spans.bpf.h",
+              "record_handlers.bpf.h"):
+        assert src.count(f'#line 1 "{h}"') == 1, h
+    # after each spliced header the program's own line numbers resume
+    lines = (PROBES / PROGRAM).read_text().splitlines()
+    n = next(i for i, line in enumerate(lines, 1) if line.startswith('#include "record_handlers.bpf.h"'))
+    assert f'#line {n + 1} "{PROGRAM}"' in src
+    (tmp_path / "a.bpf.c").write_text('#include "../etc/passwd.h"\n')
+    with pytest.raises(ValueError, match="only headers next to the program"):
+        programs.program_source("a.bpf.c", tmp_path)
+    (tmp_path / "b.bpf.c").write_text('#include "missing.h"\n')
+    with pytest.raises(FileNotFoundError):
+        programs.program_source("b.bpf.c", tmp_path)
+
+
+def test_program_text_is_the_settings_then_the_source():
+    plan, opts = _record_inputs()
+    d = program_defines(plan, opts)
+    text = programs.program_text(PROGRAM, d)
+    head, body = text.split("\n\n", 1)
+    assert head.splitlines() == [f"#define {k} {v}" for k, v in d.items()]
+    assert body == programs.program_source(PROGRAM)
+    with pytest.raises(TypeError):
+        programs.program_text(PROGRAM, {"TDP_WITH_SPTES": "1); evil("})  # type: ignore[dict-item]
+
+
+# ---- BCC: struct layouts and the SPTE rules in the kernel ----------------------------------------
 
 
 def _bpf():
@@ -124,6 +235,95 @@ def _bpf():
         pytest.skip("bcc (python3-bpfcc) is not installed")
     programs.bcc_compat(BPF)
     return BPF
+
+
+def _fields(ctype) -> dict[str, tuple[int, int]]:
+    return {name: (getattr(ctype, name).offset, getattr(ctype, name).size) for name, _ in ctype._fields_}
+
+
+LAYOUT = """
+#include "record.h"
+#include "stats.h"
+BPF_ARRAY(layout_event, struct tdp_event, 1);
+BPF_ARRAY(layout_span, struct tdp_span, 1);
+BPF_ARRAY(layout_func_args, struct tdp_func_args, 1);
+BPF_ARRAY(layout_vm_stats, struct vm_stats, 1);
+BPF_ARRAY(layout_replay_event, struct replay_event, 1);
+BPF_ARRAY(layout_comm_name, struct comm_name, 1);
+BPF_HASH(layout_table_key, struct table_key, u8, 1);
+"""
+
+
+def _layout_problems(BPF, directory: Path) -> list[str]:
+    """Every difference between the structs as BCC compiles them (headers from `directory`) and the dtypes."""
+    (directory / "layout.bpf.c").write_text(LAYOUT)
+    b = BPF(text=programs.program_source("layout.bpf.c", directory).encode())
+    out: list[str] = []
+
+    def check(what: str, fields: dict[str, tuple[int, int]], dtype: np.dtype, base: int = 0) -> None:
+        for name, (off, size) in fields.items():
+            if name == "pad":
+                continue
+            if name not in dtype.fields:
+                out.append(f"{what}.{name}: not in the dtype")
+            elif (base + off, size) != (dtype.fields[name][1], dtype.fields[name][0].itemsize):
+                out.append(f"{what}.{name}: header at {base + off} ({size} bytes), dtype at "
+                           f"{dtype.fields[name][1]} ({dtype.fields[name][0].itemsize} bytes)")
+
+    try:
+        ev = b[b"layout_event"].Leaf
+        for dt in (EVENT, EVENT_PAGE, EVENT_YIELD):
+            if ctypes.sizeof(ev) != dt.itemsize:
+                out.append(f"tdp_event: {ctypes.sizeof(ev)} bytes, dtype {dt.itemsize}")
+        head = _fields(ev)
+        check("tdp_event", {k: v for k, v in head.items() if k != "u"}, EVENT)
+        union = dict(ev._fields_)["u"]
+        for member, dt in (("spte", EVENT), ("page", EVENT_PAGE), ("yield", EVENT_YIELD)):
+            check(f"tdp_event.u.{member}", _fields(dict(union._fields_)[member]), dt, head["u"][0])
+        for leaf, dt in ((b"layout_span", SPAN), (b"layout_func_args", FUNC_ARGS),
+                         (b"layout_replay_event", REPLAY_EVENT)):
+            c = b[leaf].Leaf
+            if ctypes.sizeof(c) != dt.itemsize:
+                out.append(f"{leaf.decode()}: {ctypes.sizeof(c)} bytes, dtype {dt.itemsize}")
+            check(leaf.decode(), _fields(c), dt)
+        vm = b[b"layout_vm_stats"].Leaf
+        words = {name: (8 * _SLICES[name].start, 8 * n) for name, n in STATS_FIELDS}
+        if _fields(vm) != words or ctypes.sizeof(vm) != 8 * sum(n for _, n in STATS_FIELDS):
+            out.append(f"vm_stats: header {_fields(vm)}, STATS_FIELDS {words}")
+        if ctypes.sizeof(b[b"layout_comm_name"].Leaf) != RECORD_H["TDP_COMM_LEN"]:
+            out.append("comm_name: not a comm")
+        if "vm" not in _fields(b[b"layout_table_key"].Key):  # StatsReader forgets a gone VM's tables by it
+            out.append("table_key: no vm")
+    finally:
+        b.cleanup()
+    return out
+
+
+def _copy_headers(tmp_path: Path) -> Path:
+    for h in ("record.h", "stats.h"):
+        shutil.copy(PROBES / h, tmp_path / h)
+    return tmp_path
+
+
+@pytest.mark.live
+def test_structs_as_compiled_have_the_layout_of_their_dtypes(tmp_path):
+    assert _layout_problems(_bpf(), _copy_headers(tmp_path)) == []
+
+
+@pytest.mark.live
+def test_a_struct_drifting_from_its_dtype_is_caught(tmp_path):
+    BPF = _bpf()
+    d = _copy_headers(tmp_path)
+    h = (d / "record.h").read_text()
+    assert "\t__u32 yields;\n\t__u32 lock_drops;\n" in h
+    (d / "record.h").write_text(h.replace("\t__u32 yields;\n\t__u32 lock_drops;\n",
+                                          "\t__u32 lock_drops;\n\t__u32 yields;\n"))
+    s = (d / "stats.h").read_text()
+    assert "\t__u64 spans;" in s
+    (d / "stats.h").write_text(s.replace("\t__u64 spans;", "\t__u32 spans;"))
+    problems = _layout_problems(BPF, d)
+    assert any(p.startswith("layout_span.yields: header at 188") for p in problems), problems
+    assert any(p.startswith("vm_stats:") for p in problems), problems
 
 
 SPTE_CHECK = """

@@ -141,7 +141,7 @@ def _wait_attached(cap: Path, proc: subprocess.Popen, timeout: float = 90) -> No
 
 @pytest.mark.live
 def test_disk_fills_during_a_recording(small_disk):
-    """The real recorder at a high event rate (its TDP_BENCH stand-in tracepoint) onto 2 MiB: it stops with
+    """The real recorder at a high event rate (its stand-in tracepoint, probes/record_bench.bpf.c) onto 2 MiB: it stops with
     OutputFull, and the chunks written before are a readable capture."""
     reason = _live_reason()
     if reason:
