@@ -169,32 +169,6 @@ def test_a_full_ring_buffer_counts_every_lost_record():
         b.cleanup()
 
 
-@pytest.mark.live
-def test_record_program_verifies_with_every_option():
-    """The kprobe programs cannot attach on a kernel without kprobes, but they must pass the verifier."""
-    BPF = _bpf()
-    from tdptrace.live.attach import ProbePlan, SpanFunction
-    from tdptrace.live.bcc_recorder import compile_program, program_defines
-    from tdptrace.live.recording import RecordOptions
-
-    plan = ProbePlan(release="6.1.0-56-amd64", tracefs=None, tracepoints=[], kprobes=True, fentry=False,
-                     span_functions=[SpanFunction("tdp_mmu_zap_leafs", "tdp_mmu_zap_leafs", None)],
-                     yield_functions=["__cond_resched_rwlock_read"])
-    opts = RecordOptions(output=None, pids=(1,), sptes=True, stacks=True)  # type: ignore[arg-type]
-    for perf in (False, True):
-        d = program_defines(plan, opts)
-        d["TDP_PERF_BUFFER"] = int(perf)
-        b = compile_program(d)
-        try:
-            for i in range(16):
-                b.load_func(f"span_entry_{i}".encode(), BPF.KPROBE)
-                b.load_func(f"span_return_{i}".encode(), BPF.KPROBE)
-            for fn in (b"yield_entry_read", b"yield_entry_write", b"yield_entry_spin", b"yield_return"):
-                b.load_func(fn, BPF.KPROBE)
-        finally:
-            b.cleanup()
-
-
 def test_summary_reads_the_recorders_in_kernel_counters_without_spte_rows(tmp_path):
     from tdptrace.capture import Capture, CaptureMeta, CaptureWriter
 

@@ -5,13 +5,15 @@
 - The SPTE constants of probes/spte.bpf.h are those of tdptrace/kernel/spte.py, and its functions, run in the
   kernel on a table of SPTE values of every era, answer as spte.py does.
 - Every struct Python reads has the sizes and offsets of its numpy dtype, as BCC compiles it.
-- The settings each program reads are exactly those Python passes.
+- The settings each program reads are exactly those Python passes, and BCC compiles and the verifier loads
+  every combination of them the recorder and `top` can produce (this host has no kprobes: nothing attaches).
 The BCC parts need root and bcc; the comparisons are also run on a deliberately broken copy, to show they fail.
 """
 from __future__ import annotations
 
 import ast
 import ctypes
+import itertools
 import operator
 import os
 import re
@@ -223,7 +225,7 @@ def test_program_text_is_the_settings_then_the_source():
         programs.program_text(PROGRAM, {"TDP_WITH_SPTES": "1); evil("})  # type: ignore[dict-item]
 
 
-# ---- BCC: struct layouts and the SPTE rules in the kernel ----------------------------------------
+# ---- BCC: struct layouts, the SPTE rules in the kernel, every setting compiled ---------------------------
 
 
 def _bpf():
@@ -428,3 +430,74 @@ def test_spte_rules_in_the_kernel_answer_as_kernel_spte_py(encoding):
     for i, (what, _, _, era) in enumerate(SPTE_TABLE):
         for enc, present in era.items():
             assert got[i * len(GFNS)][1 if enc == Encoding.PRESENT_BIT else 2] is present, (what, enc)
+
+
+def _no_attach(BPF):
+    """A BPF class that compiles and loads but attaches nothing (BCC attaches TRACEPOINT_PROBEs on load)."""
+    return type("NoAttachBPF", (BPF,), {"_trace_autoload": lambda self: None})
+
+
+def _compile_and_verify(cls, BPF, name: str, defines: dict[str, int]) -> int:
+    """Compile `name` with `defines` and pass every program in it through the verifier; how many there were."""
+    from bcc import lib
+
+    b = programs.load(name, defines, cls)
+    try:
+        fns = [lib.bpf_function_name(b.module, i) for i in range(lib.bpf_num_functions(b.module))]
+        for fn in fns:
+            b.load_func(fn, BPF.TRACEPOINT if fn.startswith(b"tracepoint__") else BPF.KPROBE)
+        return len(fns)
+    finally:
+        b.cleanup()
+
+
+RELEASES = ("5.4.0", "5.10.0-32-amd64", "6.1.0-56-amd64")  # perf buffer + legacy SPTEs, ring + legacy, ring + bit 11
+# the kvmmmu tracepoints of 5.15-6.x (no split before 5.17), of 5.10 (no spte_changed either), none
+TRACEPOINT_SETS = (tuple(TRACEPOINT_DEFINES), tuple(t for t in TRACEPOINT_DEFINES if t != "kvm_mmu_split_huge_page"),
+                   ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page", "kvm_mmu_zap_all_fast"), ())
+
+
+def record_setting_combinations() -> list[dict[str, int]]:
+    """Every distinct set of settings program_defines gives for record.bpf.c: each switch of the plan and the
+    options, on each kind of release, with every tracepoint; then each tracepoint set once."""
+    out: dict[tuple, dict[str, int]] = {}
+    for release, spans, sptes, pids, stacks, yields in itertools.product(RELEASES, *[(False, True)] * 5):
+        d = program_defines(*_record_inputs(spans, sptes, pids, stacks, yields, release))
+        out.setdefault(tuple(sorted(d.items())), d)
+    for tps in TRACEPOINT_SETS[1:]:
+        d = program_defines(*_record_inputs(tracepoints=tps))
+        out.setdefault(tuple(sorted(d.items())), d)
+    return list(out.values())
+
+
+@pytest.mark.live
+def test_record_programs_compile_and_verify_with_every_setting_the_recorder_produces():
+    """The kprobe programs cannot attach on a kernel without kprobes, but they must compile and verify."""
+    BPF = _bpf()
+    cls = _no_attach(BPF)
+    combos = record_setting_combinations()
+    assert len(combos) == 3 * (2 * 2 + 2 * 2 * 2 * 2) + 3  # spans off: sptes x pids; on: x stacks x yields
+    for d in combos:
+        n = _compile_and_verify(cls, BPF, PROGRAM, d)
+        assert n == sum(d[t] for t in TRACEPOINT_DEFINES.values()) + (32 + 4 if d["TDP_WITH_SPANS"] else 0), d
+    for release in RELEASES:
+        plan, opts = _record_inputs(release=release)
+        assert _compile_and_verify(cls, BPF, SELFTEST_PROGRAM, program_defines(plan, opts, selftest_tgid=1)) == 1
+        assert _compile_and_verify(cls, BPF, BENCH_PROGRAM, program_defines(plan, opts, bench_tgid=1)) == 1
+
+
+@pytest.mark.live
+def test_stats_programs_compile_and_verify_with_every_setting_top_produces():
+    BPF = _bpf()
+    cls = _no_attach(BPF)
+    for enc, spans, tp, pid in itertools.product((Encoding.PRESENT_BIT, Encoding.LEGACY), *[(False, True)] * 3):
+        d = stats_defines(enc, spans=spans, tdp_tracepoint=tp, pid=4321 if pid else 0)
+        assert _compile_and_verify(cls, BPF, STATS_PROGRAM, d) == 3 + tp + (5 if spans else 0), d
+    from bcc import BPF as RealBPF
+
+    d = stats_defines(Encoding.LEGACY, spans=False, tdp_tracepoint=False)
+    b = programs.load(REPLAY_PROGRAM, d, RealBPF)
+    try:
+        b.load_func(b"replay", RealBPF.XDP)
+    finally:
+        b.cleanup()
