@@ -30,7 +30,7 @@ class Assembler:
     def __init__(self, writer: CaptureWriter, encoding: Encoding | None, hasher: PointerHasher | None = None):
         self.writer = writer
         self.encoding = encoding
-        self.hasher = hasher or PointerHasher()
+        self.hasher = hasher or writer.hasher  # one salt per capture: the writer's scrubber hashes alike
         self.calls: list[pd.DataFrame] = []
         self.page_tables: list[pd.DataFrame] = []
         self.markers: list[pd.DataFrame] = []

@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,9 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tdptrace import __version__
+from tdptrace.capture.hashing import PointerHasher, scrub_table
 from tdptrace.capture.schema import FORMAT_NAME, FORMAT_VERSION, META_FILE, TABLES
 from tdptrace.errors import BadCapture, BadInput, OutputFull
 from tdptrace.kernel.spte import Encoding
+from tdptrace.safefs import DIR_MODE, Dir, UnsafePath, open_parent, untrusted_reason
 
 STATUS_RECORDING = "recording"
 STATUS_COMPLETE = "complete"
@@ -31,35 +34,22 @@ STATUS_COMPLETE = "complete"
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _full(path: Path, exc: OSError) -> OutputFull:
-    """The one-line error for a write that found no space left (the temporary file is already gone)."""
-    return OutputFull(f"no space left writing {path} ({os.strerror(exc.errno)})",
-                      f"free space or choose another -o; everything written before is intact in {path.parent}")
+def _full(path: Path, exc: OSError, capture: Path) -> OutputFull:
+    """The one-line error for a write that found no space left (the temporary file is already gone). A caller
+    that then removes the capture (an import) changes the hint to say so."""
+    return OutputFull(f"no space left writing {path} ({os.strerror(exc.errno or errno.ENOSPC)})",
+                      f"free space or choose another -o; everything written before is intact in {capture}")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write bytes to path atomically with mode 0600."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        if exc.errno in _FULL:
-            raise _full(path, exc) from None
-        raise
-    os.replace(tmp, path)
+def _is_full(exc: OSError) -> bool:
+    """ENOSPC/EDQUOT, also when pyarrow reports it only in its message."""
+    return exc.errno in _FULL or "No space left" in str(exc) or "quota" in str(exc).lower()
 
 
-def _mkdir_private(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=False, exist_ok=True)
-    os.chmod(path, 0o700)
+# Capture directories that a CaptureWriter of this process opened and has not closed complete (by device and
+# inode): remove_capture deletes only these, so cleaning up after a failed write can never take a capture that
+# somebody else (or an earlier, finished write) made.
+_WRITTEN: set[tuple[int, int]] = set()
 
 
 @dataclass
@@ -140,40 +130,42 @@ class CaptureWriter:
 
     Use as a context manager; on an exception the capture is left with status 'recording' and every chunk
     written so far intact, which readers accept (with a note that it is incomplete).
+
+    Every file goes through descriptors of the capture's own directories (safefs), and every chunk and meta.json
+    through the pointer scrubber: whatever a writer hands in, no kernel address reaches the disk raw.
     """
 
-    def __init__(self, path: str | Path, meta: CaptureMeta, overwrite: bool = False) -> None:
+    def __init__(self, path: str | Path, meta: CaptureMeta, overwrite: bool = False,
+                 hasher: PointerHasher | None = None) -> None:
         self.path = Path(path)
         self.meta = meta
-        try:
-            replacing = self.path.exists()
-        except OSError as exc:  # e.g. a name too long: pathlib raises instead of answering False
-            raise BadInput(f"cannot create {self.path.name[:60]}...: {os.strerror(exc.errno or 0)}",
-                           "choose another -o") from None
-        if replacing:
-            if not overwrite:
-                raise BadInput(f"{self.path} already exists", "choose another -o or pass --force to replace it")
-            if not (self.path / META_FILE).exists():
-                raise BadInput(f"{self.path} exists and is not a capture", "refusing to replace it; choose another -o")
-            remove_capture(self.path)
-        parent = self.path.parent
-        if not parent.exists():
-            raise BadInput(f"directory {parent} does not exist", "create it first or choose another -o")
-        try:  # exclusive: of two writers racing for the same new path, exactly one gets it
-            self.path.mkdir(mode=0o700, exist_ok=replacing)
-        except FileExistsError:
-            raise BadInput(f"{self.path} already exists", "choose another -o or pass --force to replace it")
-        except OSError as exc:  # a name too long, a read-only or full filesystem, no permission
-            raise BadInput(f"cannot create {self.path.name[:60]}: {os.strerror(exc.errno)}" if exc.errno else
-                           f"cannot create {self.path.name[:60]}", "choose another -o") from None
-        os.chmod(self.path, 0o700)
+        self.hasher = hasher or PointerHasher()
+        self._dir = _open_for_writing(self.path, overwrite)
+        self._tables: dict[str, Dir] = {}
         self._chunks: dict[str, int] = {}
         self._rows: dict[str, int] = {}
-        self.write_meta()
+        self._dropped_returns = 0
+        try:
+            self.write_meta()
+        except OutputFull as exc:  # not even meta.json fits: leave nothing behind, and say so
+            self.release()
+            remove_capture(self.path)
+            exc.hint = "free space or choose another -o; nothing was written"
+            raise
 
     def write_meta(self) -> None:
         self.meta.tables = {name: {"rows": self._rows.get(name, 0), "chunks": n} for name, n in self._chunks.items()}
-        _write_private(self.path / META_FILE, self.meta.to_json().encode())
+        d = json.loads(self.meta.to_json())
+        if self._dropped_returns:
+            d["notes"] = d.get("notes", []) + [f"{self._dropped_returns} return values were kernel pointers and "
+                                               "were not kept"]
+        data = json.dumps(self.hasher.scrub_json(d), indent=1, sort_keys=True).encode()
+        try:
+            self._dir.write_bytes(META_FILE, data)
+        except OSError as exc:
+            if _is_full(exc):
+                raise _full(self.path / META_FILE, exc, self.path) from None
+            raise
 
     def append(self, table: str, frame: pd.DataFrame | pa.Table) -> None:
         """Write one chunk of `table` (a frame holding the table's columns; extra columns are an error)."""
@@ -192,32 +184,57 @@ class CaptureWriter:
             if frame.num_rows == 0:
                 return
             tbl = frame.select(schema.names).cast(schema)
-        d = self.path / table
-        _mkdir_private(d)
+        tbl, dropped = scrub_table(tbl, self.hasher)
+        self._dropped_returns += dropped
+        d = self._table_dir(table)
         n = self._chunks.get(table, 0)
-        final = d / f"part-{n:06d}.parquet"
-        tmp = d / f".part-{n:06d}.parquet.tmp"
+        name = f"part-{n:06d}.parquet"
         dictionary, encodings = _encodings(schema)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.close(fd)
-            pq.write_table(tbl, tmp, compression="zstd", compression_level=6, use_dictionary=dictionary,
-                           column_encoding=encodings)
+            d.write_with(name, lambda f: pq.write_table(tbl, f, compression="zstd", compression_level=6,
+                                                        use_dictionary=dictionary, column_encoding=encodings))
         except OSError as exc:  # pyarrow raises OSError subclasses; ENOSPC shows in errno or in the text
-            tmp.unlink(missing_ok=True)
-            if exc.errno in _FULL or "No space left" in str(exc) or "quota" in str(exc).lower():
+            if _is_full(exc):
                 if exc.errno is None:
                     exc.errno = errno.ENOSPC
-                raise _full(final, exc) from None
+                raise _full(self.path / table / name, exc, self.path) from None
             raise
-        os.replace(tmp, final)
         self._chunks[table] = n + 1
         self._rows[table] = self._rows.get(table, 0) + tbl.num_rows
+
+    def _table_dir(self, table: str) -> Dir:
+        d = self._tables.get(table)
+        if d is None:
+            try:
+                d = self._dir.make_private_dir(table, exist_ok=True)
+            except OSError as exc:
+                if _is_full(exc):
+                    raise _full(self.path / table, exc, self.path) from None
+                raise
+            self._tables[table] = d
+        return d
 
     def close(self) -> None:
         """Mark the capture complete (all tables flushed)."""
         self.meta.status = STATUS_COMPLETE
-        self.write_meta()
+        try:
+            self.write_meta()
+            st = self._dir.fstat()
+            _WRITTEN.discard((st.st_dev, st.st_ino))
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Close the directory descriptors (the capture stays as it is)."""
+        for d in self._tables.values():
+            d.close()
+        self._tables.clear()
+        self._dir.close()
+
+    def discard(self) -> None:
+        """Remove what this writer wrote (a recording that never started), through its own descriptors."""
+        self.release()
+        remove_capture(self.path)
 
     def __enter__(self) -> "CaptureWriter":
         return self
@@ -225,8 +242,85 @@ class CaptureWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:
+            return
+        try:
             self.write_meta()
+        except OSError:
+            pass  # the error that got us here is the one to report (often the same full disk)
+        finally:
+            self.release()
+
+
+def _refuse(path: Path, what: str, hint: str = "refusing to replace it; choose another -o") -> UnsafePath:
+    return UnsafePath(f"{path} {what}", hint)
+
+
+def _open_for_writing(path: Path, overwrite: bool) -> Dir:
+    """The capture directory, new (exclusive: of two writers racing for one name exactly one gets it) or, with
+    overwrite, an existing capture of the caller's own emptied of its tables. Nothing is followed through a link
+    and nothing is removed from a directory another user owns or can write to."""
+    try:
+        parent, name = open_parent(path)
+    except UnsafePath:
+        raise
+    except BadInput as exc:
+        if "does not exist" in exc.message:
+            raise BadInput(f"directory {path.parent} does not exist", "create it first or choose another -o") from None
+        raise
+    with parent:
+        try:
+            st = parent.lstat(name)
+        except OSError as exc:  # e.g. a name too long
+            raise BadInput(f"cannot create {name[:60]}...: {os.strerror(exc.errno or 0)}",
+                           "choose another -o") from None
+        if st is not None:
+            if not overwrite:
+                raise BadInput(f"{path} already exists", "choose another -o or pass --force to replace it")
+            if stat.S_ISLNK(st.st_mode):
+                raise _refuse(path, "is a symbolic link")
+            if not stat.S_ISDIR(st.st_mode):
+                raise BadInput(f"{path} exists and is not a capture", "refusing to replace it; choose another -o")
+            try:
+                d = parent.subdir(name)
+            except OSError:
+                raise _refuse(path, "changed while being opened") from None
+            try:
+                why = untrusted_reason(d.fstat())
+                if why:
+                    raise _refuse(path, f"is {why}")
+                mst = d.lstat(META_FILE)
+                if mst is None or not stat.S_ISREG(mst.st_mode):
+                    raise BadInput(f"{path} exists and is not a capture", "refusing to replace it; choose another -o")
+                _clear_capture(d)
+                os.fchmod(d.fd, DIR_MODE)
+            except BaseException:
+                d.close()
+                raise
+        else:
+            try:
+                d = parent.make_private_dir(name)
+            except FileExistsError:
+                raise BadInput(f"{path} already exists", "choose another -o or pass --force to replace it") from None
+            except UnsafePath:
+                raise _refuse(path, "was replaced by another user's directory while being created") from None
+            except OSError as exc:  # a name too long, a read-only or full filesystem, no permission
+                raise BadInput(f"cannot create {name[:60]}: {os.strerror(exc.errno)}" if exc.errno else
+                               f"cannot create {name[:60]}", "choose another -o") from None
+    st = d.fstat()
+    _WRITTEN.add((st.st_dev, st.st_ino))
+    return d
+
+
+def _clear_capture(d: Dir) -> None:
+    """Remove a capture's own entries (meta.json, its tables, temporary files) from directory `d`; anything
+    else a person put there stays. Links are removed as links, never followed."""
+    for entry in d.names():
+        if entry in TABLES:
+            d.remove_tree(entry)
+        elif entry == META_FILE or (entry.startswith(".") and ".tmp" in entry):
+            st = d.lstat(entry)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                d.unlink(entry)
 
 
 # Free-text columns whose values are mostly unique: prefix-delta encoding beats a dictionary.
@@ -243,14 +337,32 @@ def _encodings(schema: pa.Schema) -> tuple[list[str], dict[str, str]]:
     return dictionary, encodings
 
 
-def remove_capture(path: Path) -> None:
-    for table in TABLES:
-        d = path / table
-        if d.is_dir():
-            for f in d.iterdir():
-                f.unlink()
-            d.rmdir()
-    (path / META_FILE).unlink(missing_ok=True)
+def remove_capture(path: Path) -> bool:
+    """Remove a capture that a CaptureWriter of this process left unfinished (its entries, then the directory if
+    nothing else is left in it). Any other directory, a link, a finished capture or one written by someone else
+    is left alone: returns False then."""
+    try:
+        parent, name = open_parent(path)
+    except BadInput:
+        return False
+    with parent:
+        st = parent.lstat(name)
+        if st is None or not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) not in _WRITTEN:
+            return False
+        try:
+            d = parent.subdir(name)
+        except OSError:
+            return False
+        with d:
+            dst = d.fstat()
+            if (dst.st_dev, dst.st_ino) != (st.st_dev, st.st_ino) or untrusted_reason(dst):
+                return False
+            _clear_capture(d)
+            left = d.names()
+        _WRITTEN.discard((st.st_dev, st.st_ino))
+        if not left:
+            os.rmdir(name, dir_fd=parent.fd)
+    return True
 
 
 class Capture:

@@ -1,7 +1,6 @@
 """`tdptrace report CAPTURE -o report.html`: one self-contained HTML file (verdict, tables, figures)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -41,7 +40,7 @@ def report_cmd(
     tz = parse_utc_offset(dmesg_tz) if dmesg_tz else None
     reports = parse_dmesg(read_kernel_log(dmesg), tz=tz) if dmesg is not None else None
     text = render_html(tdptrace.open(capture), threshold_ns, reports)
-    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, output)
+    from tdptrace.outputs import write_file
+
+    write_file(output, text.encode("utf-8"))
     typer.echo(f"{output} ({len(text) // 1024} KiB)")

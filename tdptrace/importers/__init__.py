@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tdptrace.capture import CaptureMeta, CaptureWriter, default_host
-from tdptrace.errors import BadInput
+from tdptrace.errors import BadInput, OutputFull
 from tdptrace.importers import tracefs
 from tdptrace.importers.decode import RawChunk, decode
 from tdptrace.importers.reader import (
@@ -109,16 +109,18 @@ def import_file(path: str | Path, out: str | Path, *, fmt: str = "auto", kernel_
         return _import_text(reported.text if reported else path, out, kind=reported.kind if reported else kind,
                             kernel_release=kernel_release, kallsyms=kallsyms, kprobe_events=kprobe_events,
                             force=force, progress=progress, input_name=path.name)
-    except BaseException:
-        _discard_partial(Path(out))
+    except BaseException as exc:
+        if _discard_partial(Path(out)) and isinstance(exc, OutputFull):  # say what is left: nothing
+            exc.hint = "free space or choose another -o; the unfinished capture was removed"
         raise
     finally:
         if reported:
             reported.cleanup()
 
 
-def _discard_partial(out: Path) -> None:
-    """Remove a capture this import left unfinished (status 'recording'); a complete one is never touched."""
+def _discard_partial(out: Path) -> bool:
+    """Remove a capture this import left unfinished (status 'recording'); a complete one is never touched.
+    True when one was removed."""
     import json
 
     from tdptrace.capture.store import STATUS_RECORDING, remove_capture
@@ -126,13 +128,8 @@ def _discard_partial(out: Path) -> None:
     try:
         status = json.loads((out / "meta.json").read_text()).get("status")
     except (OSError, ValueError, AttributeError):
-        return
-    if status == STATUS_RECORDING:
-        remove_capture(out)
-        try:
-            out.rmdir()
-        except OSError:
-            pass
+        return False
+    return status == STATUS_RECORDING and remove_capture(out)
 
 
 def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str | None,

@@ -104,11 +104,6 @@ def compile_program(defines: dict[str, int]):
                                 "check kernel headers (tdptrace doctor), or use --backend ftrace")
 
 
-def _remove_empty_capture(path: Path) -> None:
-    """Remove a capture directory that holds nothing but its meta.json (a recording that never started)."""
-    if path.is_dir() and [p.name for p in path.iterdir()] == ["meta.json"]:
-        (path / "meta.json").unlink()
-        path.rmdir()
 
 
 class BccRecorder:
@@ -142,11 +137,11 @@ class BccRecorder:
 
     # -- start ---------------------------------------------------------------------------------------
     def start(self) -> None:
-        self.writer = CaptureWriter(self.opts.output, self.meta, overwrite=self.opts.force)
+        self.writer = CaptureWriter(self.opts.output, self.meta, overwrite=self.opts.force, hasher=self.hasher)
         try:
             self.bpf = compile_program(self.defines)
         except BaseException:
-            _remove_empty_capture(self.writer.path)  # nothing was recorded: leave no capture behind
+            self.writer.discard()  # nothing was recorded: leave no capture behind
             raise
         self._attach_kprobes()
         if self.opts.pids:

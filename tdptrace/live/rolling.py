@@ -8,9 +8,10 @@ captures (meta.json with the capture format name) are ever deleted.
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import IO, Callable, Collection
 
 from tdptrace.capture.schema import FORMAT_NAME, META_FILE
-from tdptrace.errors import BadInput
+from tdptrace.errors import BadInput, TdpError
+from tdptrace.safefs import Dir
 
 CommandFor = Callable[[Path, float], list[str]]
 
@@ -36,39 +38,80 @@ def seconds_to_next_boundary(now: float, period_s: float) -> float:
     return period_s - (now % period_s)
 
 
-def _is_capture(d: Path) -> bool:
+def _is_capture(d: Dir, name: str) -> bool:
+    """A capture directory of our own (meta.json with the capture format name), looked at without following
+    any link: a link, another user's directory or anything unreadable is not one, and is never deleted."""
     try:
-        return json.loads((d / META_FILE).read_text()).get("format") == FORMAT_NAME
-    except (OSError, ValueError, AttributeError):
+        with d.subdir(name) as sub:
+            if sub.fstat().st_uid != os.geteuid():
+                return False
+            meta = json.loads(sub.read_bytes(META_FILE, limit=1 << 20))
+        return isinstance(meta, dict) and meta.get("format") == FORMAT_NAME
+    except (OSError, ValueError):
         return False
 
 
-def _size(d: Path) -> int:
-    return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+def _size(d: Dir, name: str) -> int:
+    """Bytes under capture `name` (links counted as links, never followed)."""
+    try:
+        with d.subdir(name) as sub:
+            return sum(st.st_size for _, _, st in sub.walk_files())
+    except OSError:
+        return 0
+
+
+def open_record_dir(directory: Path) -> Dir:
+    """The rolling directory, which must be the caller's own and writable by nobody else (old captures are
+    deleted from it)."""
+    d = Dir.open(directory, what="--record-dir")
+    try:
+        d.require_private("--record-dir")
+    except BaseException:
+        d.close()
+        raise
+    return d
 
 
 def prune(directory: Path, retain_s: float, retain_bytes: int, now: float,
-          keep: Collection[Path] = ()) -> list[Path]:
+          keep: Collection[Path] = (), log: Callable[[str], None] | None = None) -> list[Path]:
     """Delete captures older than retain_s, then the oldest until the rest fit in retain_bytes; returns them.
 
-    Age is the capture directory's modification time; `keep` (captures being written) are never deleted.
+    Age is the capture directory's modification time; `keep` (captures being written) are never deleted. Only
+    real sub-directories that are our own captures are candidates: links and anything else are left alone, and
+    an entry that cannot be removed is reported through `log` and skipped.
     """
-    caps = sorted((d for d in directory.iterdir() if d.is_dir() and d not in keep and _is_capture(d)),
-                  key=lambda d: d.stat().st_mtime)
-    removed = []
-    for d in list(caps):
-        if now - d.stat().st_mtime > retain_s:
-            shutil.rmtree(d)
-            caps.remove(d)
-            removed.append(d)
-    sizes = {d: _size(d) for d in caps}
-    total = sum(sizes.values()) + sum(_size(k) for k in keep if k.exists())
-    for d in caps:
-        if total <= retain_bytes:
-            break
-        shutil.rmtree(d)
-        total -= sizes[d]
-        removed.append(d)
+    keep_names = {Path(k).name for k in keep}
+    removed: list[Path] = []
+    with open_record_dir(Path(directory)) as d:
+        caps = []
+        for name in d.names():
+            st = d.lstat(name)
+            if st is None or not stat.S_ISDIR(st.st_mode) or name in keep_names or not _is_capture(d, name):
+                continue
+            caps.append((st.st_mtime, name))
+        caps.sort()
+
+        def remove(name: str) -> bool:
+            try:
+                d.remove_tree(name)
+            except OSError as exc:
+                if log:
+                    log(f"cannot remove old capture {name}: {exc.strerror or exc}")
+                return False
+            removed.append(Path(directory) / name)
+            return True
+
+        left = []
+        for mtime, name in caps:
+            if not (now - mtime > retain_s and remove(name)):
+                left.append(name)
+        sizes = {name: _size(d, name) for name in left}
+        total = sum(sizes.values()) + sum(_size(d, k) for k in keep_names if d.lstat(k) is not None)
+        for name in left:
+            if total <= retain_bytes:
+                break
+            if remove(name):
+                total -= sizes[name]
     return removed
 
 
@@ -100,8 +143,7 @@ class CaptureRoller:
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
-        if not self.directory.is_dir():
-            raise BadInput(f"--record-dir {self.directory} is not a directory", "create it first")
+        open_record_dir(self.directory).close()  # one line now (missing, a file, not ours) instead of later
         if self.retain_hours <= 0 or self.retain_bytes <= 0:
             raise BadInput("--retain-hours and --retain-mib must be positive", "e.g. --retain-hours 48")
         self._halt = threading.Event()
@@ -146,20 +188,33 @@ class CaptureRoller:
                 self.log(f"recording {child.path.name} failed (exit {rc}): {last}")
                 failed_fast |= time.monotonic() - child.started < 10
         keep = {c.path for c in self._running}
-        for d in prune(self.directory, self.retain_hours * 3600, self.retain_bytes, time.time(), keep=keep):
-            self.log(f"removed old capture {d.name}")
+        try:
+            for d in prune(self.directory, self.retain_hours * 3600, self.retain_bytes, time.time(), keep=keep,
+                           log=self.log):
+                self.log(f"removed old capture {d.name}")
+        except (OSError, TdpError) as exc:  # the directory itself went away or changed hands: say so, go on
+            self.failures += 1
+            self.log(f"cannot prune {self.directory}: {exc.line() if isinstance(exc, TdpError) else exc}")
         return failed_fast
 
     def _run(self) -> None:
         while not self._halt.is_set():
-            now = time.time()
-            self._launch(now)
-            boundary = time.monotonic() + seconds_to_next_boundary(now, self.period_s)
-            while not self._halt.is_set() and time.monotonic() < boundary:
-                if self._reap():  # failing at once: do not spin
-                    self._halt.wait(60)
-                self._halt.wait(min(1.0, max(0.0, boundary - time.monotonic())))
+            try:
+                self._period()
+            except Exception as exc:  # whatever the directory holds, the roller keeps rolling
+                self.failures += 1
+                self.log(f"roller: {type(exc).__name__}: {exc}; retrying in a minute")
+                self._halt.wait(60)
         self._reap()
+
+    def _period(self) -> None:
+        now = time.time()
+        self._launch(now)
+        boundary = time.monotonic() + seconds_to_next_boundary(now, self.period_s)
+        while not self._halt.is_set() and time.monotonic() < boundary:
+            if self._reap():  # failing at once: do not spin
+                self._halt.wait(60)
+            self._halt.wait(min(1.0, max(0.0, boundary - time.monotonic())))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the recordings (SIGINT: each recorder finishes its capture) and the loop."""

@@ -27,6 +27,7 @@ from tdptrace.oncall.triage import (
     capture_bounds,
     df_stretches,
 )
+from tdptrace.outputs import Dir, output_dir
 from tdptrace.units import fmt_ns
 
 Captures = Union[Capture, Mapping[str, Capture]]
@@ -263,14 +264,18 @@ def figures(caps: Captures, threshold_ns: int = DEFAULT_THRESHOLD_NS) -> dict[st
     }
 
 
-def save_figures(caps: Captures, outdir: Path, threshold_ns: int = DEFAULT_THRESHOLD_NS) -> list[Path]:
-    """Write every figure as outdir/NAME.png; returns the paths."""
-    outdir.mkdir(parents=True, exist_ok=True)
+def save_figures(caps: Captures, outdir: Path | Dir, threshold_ns: int = DEFAULT_THRESHOLD_NS) -> list[Path]:
+    """Write every figure as outdir/NAME.png (0600, never through a link; see tdptrace.outputs); returns the
+    paths. `outdir` is a path or a directory already opened by tdptrace.outputs.output_dir."""
+    d = outdir if isinstance(outdir, Dir) else output_dir(outdir)
     paths = []
-    for name, fig in figures(caps, threshold_ns).items():
-        p = outdir / f"{name}.png"
-        fig.savefig(p)
-        paths.append(p)
+    try:
+        for name, fig in figures(caps, threshold_ns).items():
+            d.write_bytes(f"{name}.png", png_bytes(fig))
+            paths.append(d.path / f"{name}.png")
+    finally:
+        if d is not outdir:
+            d.close()
     return paths
 
 

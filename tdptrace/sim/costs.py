@@ -67,7 +67,9 @@ class CostModel:
         return asdict(self)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
+        from tdptrace.outputs import write_file
+
+        write_file(path, (json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n").encode())
 
     @classmethod
     def load(cls, path: Path) -> "CostModel":

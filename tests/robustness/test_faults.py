@@ -109,6 +109,28 @@ def test_disk_full_while_writing_chunks(small_disk):
     assert len(cap.sptes) == written  # every chunk listed in meta is there and whole
 
 
+def test_import_onto_a_full_disk_says_the_capture_was_removed(small_disk):
+    """An import that runs out of space removes its unfinished capture; the line says so (not 'intact')."""
+    from refdata import reference_trace
+
+    _fill(small_disk, leave=64 << 10)
+    out = small_disk / "i.tdp"
+    p = subprocess.run(TDPTRACE + ["import", str(reference_trace("k61-128m")), "-o", str(out), "-q",
+                                   "--kernel", "6.1.0-56-amd64"], capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert len(lines) == 1 and "no space left" in lines[0], lines
+    assert "intact" not in lines[0] and "removed" in lines[0], lines
+    assert not out.exists()
+    (small_disk / "ballast").unlink()
+    _fill(small_disk, leave=0)
+    p = subprocess.run(TDPTRACE + ["import", str(reference_trace("k61-128m")), "-o", str(out), "-q"],
+                       capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode != 0 and len(lines) == 1 and "intact" not in lines[0], lines
+    assert not out.exists()
+
+
 def test_record_onto_a_full_disk_is_one_line_and_leaves_nothing(small_disk):
     reason = _live_reason()
     if reason:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from tracegen import Trace, leaf4k, nonleaf
@@ -120,7 +121,8 @@ def test_only_integers_under_tdp_names_reach_the_compiler():
 
 # ---- no raw kernel addresses in captures ----------------------------------------------------------------
 
-KERNEL_HEX = re.compile(r"(?i)(?:0x)?ffff[89a-f][0-9a-f]{11}\b")
+KERNEL_HEX = re.compile(r"(?i)ffff[89a-f][0-9a-f]{11}")  # no boundaries: back-to-back addresses count too
+KERNEL_DEC = re.compile(r"(?<![0-9])[0-9]{19,20}(?![0-9])")
 KERNEL_MIN = 0xFFFF800000000000
 SPTE_COLUMNS = {"old_spte", "new_spte"}  # SPTE values, not pointers (bit 63 is an SPTE flag)
 
@@ -130,6 +132,7 @@ def scan_for_kernel_addresses(cap: Path) -> list[str]:
     found = []
     text = (cap / "meta.json").read_text()
     found += [f"meta.json: {m}" for m in KERNEL_HEX.findall(text)]
+    found += [f"meta.json: {m}" for m in KERNEL_DEC.findall(text) if int(m) >= KERNEL_MIN]
     for f in sorted(cap.glob("*/part-*.parquet")):
         tbl = pq.read_table(f)
         for name in tbl.column_names:
@@ -142,7 +145,7 @@ def scan_for_kernel_addresses(cap: Path) -> list[str]:
                 found += [f"{f.parent.name}.{name}: {hex(v & 0xFFFFFFFFFFFFFFFF)}" for v in bad[:3]]
             elif t in ("string", "large_string"):
                 for v in col.to_pylist():
-                    if v and KERNEL_HEX.search(v):
+                    if v and (KERNEL_HEX.search(v) or any(int(m) >= KERNEL_MIN for m in KERNEL_DEC.findall(v))):
                         found.append(f"{f.parent.name}.{name}: {v[:60]}")
                         break
     return found
@@ -165,16 +168,21 @@ def test_scan_finds_an_address_when_there_is_one(trace, tmp_path):
     """The scan above can fail: a capture with a raw root pointer left in a marker is caught."""
     from smallcaps import _frame
 
-    from tdptrace.capture import Capture, CaptureWriter
+    from tdptrace.capture.schema import MARKERS
 
     import_dir = tmp_path / "c.tdp"
     assert main(["import", str(trace), "-o", str(import_dir), "-q"]) == 0
     assert scan_for_kernel_addresses(import_dir) == []
-    cap = Capture.open(import_dir)
-    w = CaptureWriter.__new__(CaptureWriter)  # append one more chunk to the existing capture
-    w.path, w.meta, w._chunks, w._rows = import_dir, cap.meta, {"markers": 1}, {}
-    w.append("markers", _frame("markers", [{"ts": 1, "event": "x", "detail": "root=0xffff8946134bab80"}], 0))
+    # one more chunk written behind the writer's back, as a careless tool would
+    rows = [{"ts": 1, "event": "x", "detail": "root=0xffff8946134bab80"},
+            {"ts": 2, "event": "y", "detail": "o=18446612685283207808"}]
+    tbl = pa.Table.from_pandas(_frame("markers", rows, 0), schema=MARKERS, preserve_index=False)
+    (import_dir / "markers").mkdir(exist_ok=True)
+    pq.write_table(tbl, import_dir / "markers" / "part-000009.parquet")
     assert scan_for_kernel_addresses(import_dir) == ["markers.detail: root=0xffff8946134bab80"]
+    tbl = pa.Table.from_pandas(_frame("markers", rows[1:], 0), schema=MARKERS, preserve_index=False)
+    pq.write_table(tbl, import_dir / "markers" / "part-000009.parquet")
+    assert scan_for_kernel_addresses(import_dir) == ["markers.detail: o=18446612685283207808"]
 
 
 @pytest.mark.live
