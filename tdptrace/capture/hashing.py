@@ -3,8 +3,9 @@
 The salt is random per capture and never written: hashes correlate within one capture only, and a raw
 pointer cannot be recovered by trying the (small) space of kernel addresses.
 
-`PointerScrubber` is the last line: CaptureWriter runs every chunk and meta.json through it, so a kernel
-address that a parser left in any text column, name or note is stored as its keyed hash whatever wrote it.
+`scrub_table` and `PointerHasher.scrub_json` are the last line: CaptureWriter runs every chunk and meta.json
+through them, so a kernel address that a parser left in any text column, name or note is stored as its keyed
+hash whatever wrote it.
 """
 from __future__ import annotations
 

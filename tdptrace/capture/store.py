@@ -157,8 +157,8 @@ class CaptureWriter:
         self.meta.tables = {name: {"rows": self._rows.get(name, 0), "chunks": n} for name, n in self._chunks.items()}
         d = json.loads(self.meta.to_json())
         if self._dropped_returns:
-            d["notes"] = d.get("notes", []) + [f"{self._dropped_returns} return values were kernel pointers and "
-                                               "were not kept"]
+            d["notes"] = d.get("notes", []) + ["return codes not kept because they were kernel pointers: "
+                                               f"{self._dropped_returns}"]
         data = json.dumps(self.hasher.scrub_json(d), indent=1, sort_keys=True).encode()
         try:
             self._dir.write_bytes(META_FILE, data)
