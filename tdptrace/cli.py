@@ -59,6 +59,13 @@ _register_all()
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app and turns TdpError into one line on stderr and an exit status."""
+    from tdptrace.textsafe import installed
+
+    with installed():  # whatever a command prints, no control character from its data reaches the terminal
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         rc = app(args=argv, standalone_mode=False)
     except TdpError as exc:
