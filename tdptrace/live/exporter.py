@@ -207,20 +207,93 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def start_http(collector: StatsCollector, host: str, port: int) -> Any:
-    """Serve /metrics on host:port from a fresh registry holding only our collector; returns the server."""
-    from prometheus_client import CollectorRegistry, start_http_server
+# The HTTP side: scrapes are cheap (families are cached per snapshot), so a few workers serve any scraper; what
+# must be bounded is what a client can hold. A connection gets IDLE_TIMEOUT_S per read or write, at most
+# MAX_CONNECTIONS are served at once, and the rest wait in a listen backlog deep enough for a burst of scrapers
+# (the kernel caps it at net.core.somaxconn) instead of being refused.
+IDLE_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 64
+LISTEN_BACKLOG = 4096
+SLOT_WAIT_S = 10.0  # a connection accepted while every worker is busy waits this long, then gets 503
+
+
+def _server_class(family: int):
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIServer
+
+    class BoundedServer(ThreadingMixIn, WSGIServer):
+        """Thread per connection, but never more than `max_connections` threads; errors of one connection (a
+        client that went away or idled out) are counted, not printed."""
+
+        daemon_threads = True
+        allow_reuse_address = True
+        request_queue_size = LISTEN_BACKLOG
+        address_family = family
+
+        def __init__(self, addr, handler, max_connections: int = MAX_CONNECTIONS) -> None:
+            self.slots = threading.BoundedSemaphore(max_connections)
+            self.busy_rejects = 0
+            self.connection_errors = 0
+            super().__init__(addr, handler)
+
+        def process_request(self, request, client_address) -> None:
+            if not self.slots.acquire(timeout=SLOT_WAIT_S):
+                self.busy_rejects += 1
+                try:
+                    request.settimeout(1.0)
+                    request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                    b"Retry-After: 1\r\nConnection: close\r\n\r\n")
+                except OSError:
+                    pass
+                self.shutdown_request(request)
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self.slots.release()
+                raise
+
+        def process_request_thread(self, request, client_address) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
+        def handle_error(self, request, client_address) -> None:
+            self.connection_errors += 1
+
+    return BoundedServer
+
+
+def start_http(collector: StatsCollector, host: str, port: int, *, idle_timeout: float = IDLE_TIMEOUT_S,
+               max_connections: int = MAX_CONNECTIONS) -> Any:
+    """Serve /metrics on host:port from a fresh registry holding only our collector, in a daemon thread;
+    returns the server (call shutdown() to stop it)."""
+    import socket
+    from wsgiref.simple_server import WSGIRequestHandler
+
+    from prometheus_client import CollectorRegistry, make_wsgi_app
 
     from tdptrace.errors import TdpError
+
+    class Handler(WSGIRequestHandler):
+        timeout = idle_timeout  # applied to the connection's socket: an idle client is dropped after this
+
+        def log_message(self, format, *args) -> None:  # no access log on stderr
+            pass
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     try:
-        res = start_http_server(port, addr=host, registry=registry)
-    except OSError as exc:
-        raise TdpError(f"cannot listen on {host}:{port} ({exc.strerror or exc})",
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, addr = infos[0][0], infos[0][4][:2]
+        server = _server_class(family)(addr, Handler, max_connections=max_connections)
+    except (OSError, socket.gaierror) as exc:
+        raise TdpError(f"cannot listen on {host}:{port} ({getattr(exc, 'strerror', None) or exc})",
                        "choose another --listen address or stop what holds the port")
-    return res[0] if isinstance(res, tuple) else None  # prometheus_client < 0.17 returns nothing
+    server.set_app(make_wsgi_app(registry))
+    threading.Thread(target=server.serve_forever, name="tdptrace-http", daemon=True).start()
+    return server
 
 
 __all__ = ["Poller", "Published", "StatsCollector", "gap_histogram", "parse_listen", "start_http"]
