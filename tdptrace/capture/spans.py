@@ -114,7 +114,7 @@ def _innermost(points: pd.DataFrame, spans: pd.DataFrame) -> np.ndarray:
     p = p.sort_values("seq")
     s = spans[["span_id", "tid", "seq"]].rename(columns={"span_id": "cand"}).sort_values("seq")
     m = pd.merge_asof(p, s, on="seq", by="tid", direction="backward")
-    cand = m["cand"].fillna(-1).to_numpy(np.int64)
+    cand = m["cand"].fillna(-1).to_numpy(np.int64, copy=True)  # written below; pandas may hand out a read-only view
     end = spans.set_index("span_id")["attr_end"]
     parent = spans.set_index("span_id")["parent_id"]
     q = m["seq"].to_numpy()

@@ -16,6 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -377,7 +378,8 @@ class Capture:
     def open(cls, path: str | Path) -> "Capture":
         p = Path(path)
         if not p.exists():
-            raise BadCapture(f"{p}: no such capture", "give the directory written by 'tdptrace record' or 'tdptrace import'")
+            raise BadCapture(f"{p}: no such capture",
+                             "give the directory written by 'tdptrace record' or 'tdptrace import'")
         if not p.is_dir():
             raise BadCapture(f"{p} is a file, not a capture directory",
                              "import trace text first: tdptrace import FILE -o CAPTURE.tdp")
@@ -426,18 +428,30 @@ class Capture:
             raise BadCapture(f"{self.path}: table '{name}' is damaged ({len([f for f in files if f.is_file()])} "
                              f"of {expected} chunk files)", "re-import or re-record the capture")
         if files:
+            want = pa.schema([schema.field(c) for c in cols]) if cols is not None else schema
             try:
-                parts = [pq.read_table(f, columns=cols, schema=schema) for f in files]
-                tbl = pa.concat_tables(parts)
-            except (pa.ArrowException, OSError) as exc:
-                raise BadCapture(f"{self.path}: table '{name}' is damaged ({str(exc).splitlines()[0][:120]})",
+                tbl = pa.concat_tables([_read_chunk(f, want) for f in files])
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                why = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+                raise BadCapture(f"{self.path}: table '{name}' is damaged ({why})",
                                  "re-import or re-record the capture")
         else:
             sch = schema if cols is None else pa.schema([schema.field(c) for c in cols])
             tbl = sch.empty_table()
         df = _to_frame(tbl, schema)
+        why = _value_problem(name, df) or (self._span_ref_problem(df) if name == "yields" else None)
+        if why:
+            raise BadCapture(f"{self.path}: table '{name}' is damaged ({why})", "re-import or re-record the capture")
         self._frames[key] = df
         return df
+
+    def _span_ref_problem(self, yields: pd.DataFrame) -> str | None:
+        if "span_id" not in yields.columns or not yields["span_id"].notna().any():
+            return None
+        ids = self.table("spans", ["span_id"])["span_id"].to_numpy()
+        refs = yields["span_id"].dropna().to_numpy(np.int64)
+        bad = ~np.isin(refs, ids)
+        return f"yield point in span {int(refs[bad][0])}, which does not exist" if bad.any() else None
 
     @cached_property
     def sptes(self) -> pd.DataFrame:
@@ -463,6 +477,83 @@ class Capture:
     def lost(self) -> pd.DataFrame:
         return self.table("lost")
 
+
+
+def _read_chunk(f: Path, want: pa.Schema) -> pa.Table:
+    """One chunk file as exactly the columns and types of `want`; ValueError (saying which column and how)
+    for a chunk of another table, a dropped or retyped column, or nulls where the format has none."""
+    pf = pq.ParquetFile(f)
+    have = pf.schema_arrow
+    for fld in want:
+        if fld.name not in have.names:
+            raise ValueError(f"{f.name}: column '{fld.name}' is missing")
+    tbl = pf.read(columns=want.names)
+    cols = []
+    for fld in want:
+        col = tbl.column(fld.name)
+        if col.type != fld.type:
+            try:
+                col = col.cast(fld.type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                raise ValueError(f"{f.name}: column '{fld.name}' is {col.type}, not {fld.type}") from None
+        if not fld.nullable and col.null_count:
+            raise ValueError(f"{f.name}: column '{fld.name}' has {col.null_count} missing values")
+        cols.append(col)
+    return pa.Table.from_arrays(cols, schema=want)
+
+
+# Ranges the analysis relies on (sums of times must not overflow int64, (tid, seq) pack into one int64 key, the
+# span tree must be a tree); anything outside them is damage, reported as such rather than met half-way.
+_MAX_TS = 1 << 62
+_MAX_SEQ = 1 << 39
+_TID_RANGE = (-1, 1 << 23)
+_MAX_DEPTH = 4096
+
+
+def _out_of(df: pd.DataFrame, col: str, lo: int, hi: int) -> str | None:
+    if col not in df.columns:
+        return None
+    v = df[col].dropna().to_numpy(np.int64) if df[col].hasnans else df[col].to_numpy(np.int64)
+    bad = (v < lo) | (v >= hi)
+    return f"{col} {int(v[bad][0])} is out of range" if bad.any() else None
+
+
+def _value_problem(name: str, df: pd.DataFrame) -> str | None:
+    """Why the values of a loaded table cannot be what a tdptrace writer wrote, or None."""
+    if df.empty:
+        return None
+    for col in ("ts", "end_ts", "ret_ts"):
+        why = _out_of(df, col, 0, _MAX_TS)
+        if why:
+            return why
+    why = _out_of(df, "seq", 0, _MAX_SEQ) or _out_of(df, "tid", *_TID_RANGE)
+    if why or name != "spans":
+        return why
+    if "complete" in df.columns:
+        done = df["complete"].to_numpy(bool)
+        for col in ("end_ts", "duration_ns"):
+            if col in df.columns and df[col].isna().to_numpy()[done].any():
+                return f"a complete span has no {col}"
+        if "end_ts" in df.columns and "ts" in df.columns:
+            end = df["end_ts"].to_numpy(np.int64, na_value=0)[done]
+            if (end < df["ts"].to_numpy(np.int64)[done]).any():
+                return "a span ends before it starts"
+    if "span_id" in df.columns:
+        ids = df["span_id"].to_numpy(np.int64)
+        if (ids < 0).any() or len(np.unique(ids)) != len(ids):
+            return "span ids are not unique non-negative numbers"
+        if "parent_id" in df.columns and "depth" in df.columns:
+            depth = df["depth"].to_numpy(np.int64)
+            if (depth < 0).any() or (depth > _MAX_DEPTH).any():
+                return "span depth out of range"
+            has = df["parent_id"].notna().to_numpy()
+            par = df["parent_id"].to_numpy(np.int64, na_value=-1)[has]
+            pos = pd.Index(ids).get_indexer(par)
+            if (pos < 0).any():
+                return f"parent span {int(par[pos < 0][0])} does not exist"
+            if (depth[pos] >= depth[has]).any():  # a parent is always shallower: no span is its own ancestor
+                return "span nesting is not a tree"
+    return None
 
 
 _NULLABLE = {
