@@ -246,3 +246,56 @@ def test_record_dir_owned_by_another_user_is_refused(shared):
     os.chmod(rec2, 0o777)
     with pytest.raises(BadInput, match="writable by other users"):
         CaptureRoller(rec2)
+
+
+def test_the_roller_survives_links_and_junk_in_its_directory(tmp_path):
+    """A link to an old capture, a link inside a capture, an unreadable meta.json and a file where a capture
+    would be: the roller keeps rolling and pruning, deletes only its own captures and ends cleanly."""
+    import sys
+
+    from tdptrace.live.rolling import CaptureRoller
+
+    files = victim(tmp_path / "victim")
+    rec = tmp_path / "rec"
+    rec.mkdir(mode=0o700)
+    elsewhere = _old_capture(tmp_path / "elsewhere.tdp", 99 * 3600)
+    os.symlink(elsewhere, rec / "old-link.tdp")
+    old = _old_capture(rec / "old.tdp", 99 * 3600)
+    os.symlink(tmp_path / "victim", old / "sptes" / "escape")
+    (rec / "junk.tdp").mkdir()
+    (rec / "junk.tdp" / "meta.json").write_bytes(b"\xff" * 10)
+    (rec / "file.tdp").write_text("not a capture")
+    script = ("import json,sys,pathlib; p=pathlib.Path(sys.argv[1]); p.mkdir(); "
+              "(p/'meta.json').write_text(json.dumps({'format':'tdptrace-capture'})); "
+              "(p/'x').write_bytes(b'x'*1000)")
+    logs: list[str] = []
+    r = CaptureRoller(rec, retain_hours=1, retain_bytes=2500, period_s=1.0, log=logs.append,
+                      command_for=lambda path, s: [sys.executable, "-c", script, str(path)])
+    r.start()
+    deadline = time.monotonic() + 20
+    while len(r.captures) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert r._thread.is_alive()
+    r.stop()
+    assert len(r.captures) >= 3 and r.failures == 0, logs
+    assert not old.exists() and untouched(files)
+    assert (rec / "old-link.tdp").is_symlink() and (elsewhere / "meta.json").is_file()
+    assert (rec / "junk.tdp").is_dir() and (rec / "file.tdp").is_file()
+
+
+def test_serve_with_a_link_in_the_record_dir_exits_cleanly(tmp_path):
+    """The command as a whole: no traceback, exit 0, the link and its target left alone."""
+    from livestats import free_port
+
+    rec = tmp_path / "rec"
+    rec.mkdir(mode=0o700)
+    elsewhere = _old_capture(tmp_path / "elsewhere.tdp", 99 * 3600)
+    os.symlink(elsewhere, rec / "old-link.tdp")
+    p = subprocess.run(TDPTRACE + ["serve", "--listen", f"127.0.0.1:{free_port()}", "--record-dir", str(rec),
+                                   "--roll-seconds", "2", "--duration", "5"], capture_output=True, text=True,
+                       timeout=120)
+    assert "Traceback" not in p.stderr, p.stderr
+    if p.returncode != 0 and "error:" in p.stderr and ("bcc" in p.stderr or "root" in p.stderr):
+        pytest.skip(f"serve cannot run here: {p.stderr.strip()}")
+    assert p.returncode == 0, p.stderr
+    assert (rec / "old-link.tdp").is_symlink() and (elsewhere / "meta.json").is_file()
