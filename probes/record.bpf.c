@@ -20,6 +20,7 @@
 #include <uapi/linux/ptrace.h>
 #include "record.h"
 #include "spte.bpf.h"
+#include "tracepoint.bpf.h"
 #include "record_transport.bpf.h"
 #include "record_tables.bpf.h"
 #include "record_spans.bpf.h"
@@ -33,24 +34,24 @@
 #if TDP_TP_SPTE_CHANGED
 TRACEPOINT_PROBE(kvmmmu, kvm_tdp_mmu_spte_changed)
 {
-	return spte_change(args, bpf_get_current_pid_tgid(), args->as_id, args->gfn, args->level, args->old_spte,
-			   args->new_spte);
+	return (spte_change(args, bpf_get_current_pid_tgid(), args->as_id, args->gfn, args->level, args->old_spte,
+			   args->new_spte), TDP_TP_PASS);
 }
 #endif
 
 #if TDP_TP_GET_PAGE
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_get_page)
 {
-	return emit_page(args, TDP_KIND_GET_PAGE, args->gfn, args->role, args->root_count, args->mmu_valid_gen,
-			 args->unsync, args->created);
+	return (emit_page(args, TDP_KIND_GET_PAGE, args->gfn, args->role, args->root_count, args->mmu_valid_gen,
+			 args->unsync, args->created), TDP_TP_PASS);
 }
 #endif
 
 #if TDP_TP_PREPARE_ZAP
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_prepare_zap_page)
 {
-	return emit_page(args, TDP_KIND_PREPARE_ZAP, args->gfn, args->role, args->root_count, args->mmu_valid_gen,
-			 args->unsync, false);
+	return (emit_page(args, TDP_KIND_PREPARE_ZAP, args->gfn, args->role, args->root_count, args->mmu_valid_gen,
+			 args->unsync, false), TDP_TP_PASS);
 }
 #endif
 
@@ -59,15 +60,15 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_zap_all_fast)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	if (!selected(id >> 32, task_lookup((u32)id)))
-		return 0;
+		return TDP_TP_PASS;
 	struct tdp_event *e = event_reserve();
 	if (!e)
-		return 0;
+		return TDP_TP_PASS;
 	event_head(e, TDP_KIND_ZAP_ALL_FAST);
 	e->u.page.mmu_valid_gen = args->mmu_valid_gen;
 	e->u.page.used_pages = args->mmu_used_pages;
 	event_submit(args, e);
-	return 0;
+	return TDP_TP_PASS;
 }
 #endif
 
@@ -76,17 +77,17 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_split_huge_page)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	if (!selected(id >> 32, task_lookup((u32)id)))
-		return 0;
+		return TDP_TP_PASS;
 	struct tdp_event *e = event_reserve();
 	if (!e)
-		return 0;
+		return TDP_TP_PASS;
 	event_head(e, TDP_KIND_SPLIT);
 	e->level = args->level;
 	e->ret = args->errno;
 	e->u.spte.gfn = args->gfn;
 	e->u.spte.old_spte = args->spte;
 	event_submit(args, e);
-	return 0;
+	return TDP_TP_PASS;
 }
 #endif
 

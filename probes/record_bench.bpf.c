@@ -6,6 +6,7 @@
  * Settings: those of record_transport.bpf.h, and TDP_BENCH_TGID.
  */
 #include "record.h"
+#include "tracepoint.bpf.h"
 #include "record_transport.bpf.h"
 
 #ifndef TDP_BENCH_TGID
@@ -15,12 +16,12 @@
 TRACEPOINT_PROBE(raw_syscalls, sys_enter)
 {
 	if ((bpf_get_current_pid_tgid() >> 32) != TDP_BENCH_TGID)
-		return 0;
+		return TDP_TP_PASS;
 	struct tdp_event *e = event_reserve();
 	if (!e)
-		return 0;
+		return TDP_TP_PASS;
 	event_head(e, TDP_KIND_SYSCALL);
 	e->u.spte.gfn = args->id;
 	event_submit(args, e);
-	return 0;
+	return TDP_TP_PASS;
 }

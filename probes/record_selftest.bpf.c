@@ -9,6 +9,7 @@
 #include <uapi/linux/ptrace.h>
 #include "record.h"
 #include "spte.bpf.h"
+#include "tracepoint.bpf.h"
 #include "record_transport.bpf.h"
 #include "record_tables.bpf.h"
 #include "record_spans.bpf.h"
@@ -23,23 +24,23 @@
 TRACEPOINT_PROBE(raw_syscalls, sys_enter)
 {
 	if ((bpf_get_current_pid_tgid() >> 32) != TDP_SELFTEST_TGID || args->id != SYS_GETPID)
-		return 0;
+		return TDP_TP_PASS;
 	if ((u64)args->args[5] != TDP_SELFTEST_MAGIC)
-		return 0;
+		return TDP_TP_PASS;
 	u64 op = args->args[0], a1 = args->args[1], a2 = args->args[2], a3 = args->args[3], a4 = args->args[4];
 	u64 tgid = (u64)TDP_SELFTEST_TGID << 32;
 	if (op == TDP_SELFTEST_SPTE)
-		return spte_change(args, tgid | (a4 >> 16), (a4 >> 8) & 0xff, a1, a4 & 0xff, a2, a3);
+		return (spte_change(args, tgid | (a4 >> 16), (a4 >> 8) & 0xff, a1, a4 & 0xff, a2, a3), TDP_TP_PASS);
 	if (op == TDP_SELFTEST_SPAN_ENTRY) {
 		struct regs6 r = {};
 		r.r[3] = a4; /* zap_level, for a func_args entry that says register 3 */
-		return span_begin(args, tgid | a1, a2, a3, &r);
+		return (span_begin(args, tgid | a1, a2, a3, &r), TDP_TP_PASS);
 	}
 	if (op == TDP_SELFTEST_SPAN_RETURN)
-		return span_end(args, tgid | a1, a2, a3, a4);
+		return (span_end(args, tgid | a1, a2, a3, a4), TDP_TP_PASS);
 	if (op == TDP_SELFTEST_YIELD_ENTRY)
-		return yield_begin(args, tgid | a1, a2, a3, a4);
+		return (yield_begin(args, tgid | a1, a2, a3, a4), TDP_TP_PASS);
 	if (op == TDP_SELFTEST_YIELD_RETURN)
-		return yield_end(args, tgid | a1, a2, a3);
-	return 0;
+		return (yield_end(args, tgid | a1, a2, a3), TDP_TP_PASS);
+	return TDP_TP_PASS;
 }

@@ -13,6 +13,7 @@
 #include <linux/sched.h>
 #include "stats.h"
 #include "spte.bpf.h"
+#include "tracepoint.bpf.h"
 #include "stats_count.bpf.h"
 
 #if !defined(TDP_TP_SPTE_CHANGED) || !defined(TDP_WITH_SPANS)
@@ -24,49 +25,49 @@ TRACEPOINT_PROBE(kvmmmu, kvm_tdp_mmu_spte_changed)
 {
 	u32 vm = vm_of_current();
 	if (filtered(vm))
-		return 0;
+		return TDP_TP_PASS;
 	struct vm_stats *v = stats_of(vm);
 	if (v)
 		count_spte_change(v, vm, args->as_id, args->gfn, args->level, args->old_spte, args->new_spte);
-	return 0;
+	return TDP_TP_PASS;
 }
 #endif
 
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_get_page)
 {
 	if (!args->created)
-		return 0;
+		return TDP_TP_PASS;
 	u32 vm = vm_of_current();
 	if (filtered(vm))
-		return 0;
+		return TDP_TP_PASS;
 	struct vm_stats *v = stats_of(vm);
 	u32 level = role_level(args->role);
 	if (v && level < STATS_LEVELS)
 		v->pt_alloc[level]++;
-	return 0;
+	return TDP_TP_PASS;
 }
 
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_prepare_zap_page)
 {
 	u32 vm = vm_of_current();
 	if (filtered(vm))
-		return 0;
+		return TDP_TP_PASS;
 	struct vm_stats *v = stats_of(vm);
 	u32 level = role_level(args->role);
 	if (v && level < STATS_LEVELS)
 		v->pt_free[level]++;
-	return 0;
+	return TDP_TP_PASS;
 }
 
 TRACEPOINT_PROBE(kvmmmu, kvm_mmu_zap_all_fast)
 {
 	u32 vm = vm_of_current();
 	if (filtered(vm))
-		return 0;
+		return TDP_TP_PASS;
 	struct vm_stats *v = stats_of(vm);
 	if (v)
 		v->zap_all_fast++;
-	return 0;
+	return TDP_TP_PASS;
 }
 
 #if TDP_WITH_SPANS

@@ -81,6 +81,8 @@ def report_binary(path: Path, kind: str, workdir: Path | None = None) -> Reporte
     try:
         text = Path(tmp.name) / "report.txt"
         _run([exe, *report, str(path)], text, path, prog)
+        if kind == "perf-data" and not _has_event_lines(text):
+            raise _no_perf_samples(exe, path)
         syms = None
         if dump is not None:
             syms = Path(tmp.name) / "kallsyms"
@@ -104,6 +106,31 @@ def _run(cmd: list[str], out: Path, source: Path, prog: str) -> None:
         err = [ln.strip() for ln in p.stderr.decode("utf-8", errors="replace").splitlines() if ln.strip()]
         why = "; ".join(err[:2])[:160] or f"exit status {p.returncode}"
         raise BadInput(f"{prog} cannot read {source}: {why}", "the file is damaged or from an incompatible version")
+
+
+def _has_event_lines(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    return any(ln.strip() and not ln.lstrip().startswith(b"#") for ln in head.splitlines())
+
+
+def _no_perf_samples(exe: str, path: Path) -> BadInput:
+    """perf.data without a single sample: say which events perf was asked for and the usual reason. A BPF
+    program attached to the same tracepoint that returns 0 hides every event from all perf users while it
+    runs (the kernel delivers a tracepoint event to perf only when all its BPF programs return non-zero)."""
+    try:
+        p = subprocess.run([exe, "evlist", "-f", "-i", str(path)], capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+        events = [ln.strip() for ln in p.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
+    except (OSError, subprocess.TimeoutExpired):
+        events = []
+    asked = f" of {', '.join(events[:4])}{' ...' if len(events) > 4 else ''}" if events else ""
+    tracepoints = any(":" in e for e in events)
+    return BadInput(f"{path}: perf recorded no samples{asked}",
+                    "an eBPF program attached to these tracepoints while perf recorded (a bcc tool, bpftrace) may "
+                    "have hidden their events from perf; record again without it running, or with tdptrace record"
+                    if tracepoints or not events else
+                    "the workload did not hit the recorded events; check perf record's -e and the command")
 
 
 def _has_symbols(path: Path) -> bool:
