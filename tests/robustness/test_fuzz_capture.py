@@ -5,6 +5,7 @@ thousands of blind mutations. derandomize=True keeps the cases the same on every
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -62,7 +63,10 @@ def _apply(data: bytes, edits: list[tuple[str, int, bytes]]) -> bytes:
     return bytes(b)
 
 
-@settings(max_examples=800, deadline=None, derandomize=True, database=None,
+CASES = int(os.environ.get("TDPTRACE_FUZZ_CASES", "800"))  # a release check runs 5,000
+
+
+@settings(max_examples=CASES, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_mutated_capture_files_open_or_fail_cleanly(pristine, data):
