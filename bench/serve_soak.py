@@ -75,7 +75,7 @@ def main() -> int:
     ap.add_argument("--ten-minutes", action="store_true", help="soak for 600 s")
     ap.add_argument("--workers", type=int, default=2, help="parallel exercise loops")
     ap.add_argument("--mib", type=int, default=8, help="guest memory per exercise VM")
-    ap.add_argument("--interval", type=float, default=0.25, help="serve --interval (map reads)")
+    ap.add_argument("--interval", type=float, default=0.25, help="serve INTERVAL, seconds (map reads)")
     ap.add_argument("--forget-after", type=float, default=5.0, help="serve --forget-after")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -83,8 +83,8 @@ def main() -> int:
         return 1
     duration = 600.0 if args.ten_minutes else args.duration
     port = free_port()
-    serve = subprocess.Popen(TDPTRACE + ["serve", "--listen", f"127.0.0.1:{port}", "--interval", str(args.interval),
-                                         "--forget-after", str(args.forget_after)],
+    serve = subprocess.Popen(TDPTRACE + ["serve", "--listen", f"127.0.0.1:{port}", "--forget-after",
+                                         str(args.forget_after), "--", str(args.interval)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         deadline = time.monotonic() + 60

@@ -1,25 +1,34 @@
-"""The `tdptrace` command line: a thin typer app; each command group lives in tdptrace/commands/."""
+"""The `tdptrace` command line: a thin typer app; each command group lives in tdptrace/commands/.
+
+Importing this module stays cheap (typer and the command modules only: every heavy import happens inside the
+command that needs it), so `tdptrace --help` and `tdptrace COMMAND --help` answer at once; help is plain
+click text (rich's help renderer alone costs more than typer). Command modules keep their annotations
+evaluated (no `from __future__ import annotations`): typer reads every command's signature to build the app,
+and evaluating string annotations was most of the time `--help` took.
+"""
 from __future__ import annotations
 
 import importlib
 import sys
 
-from tdptrace import arrowmem
+import typer
 
-arrowmem.configure()  # before any command module imports pyarrow
-
-import typer  # noqa: E402
-
-from tdptrace import __version__  # noqa: E402
-from tdptrace.errors import TdpError, one_line  # noqa: E402
+from tdptrace import __version__
+from tdptrace.errors import TdpError, one_line
+from tdptrace.options import Command, Group
 
 app = typer.Typer(
     name="tdptrace",
-    help="Watch the KVM x86 TDP MMU: zap levels, mmu_lock hold time between yields, retained page tables.",
+    help="Watch the KVM x86 TDP MMU: zap levels, mmu_lock hold time between yields, retained page tables.\n\n"
+         "Durations everywhere read 500us, 10ms, 2s, 1m, 1h (a bare number is seconds); -p takes "
+         "PID[,PID...]; commands that write refuse to replace an output without --force; --json prints "
+         "the result as one JSON object. 'tdptrace COMMAND -h' shows a command's options and examples.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+    cls=Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 
 # Each module in tdptrace/commands/ exposes register(app). Order = order in --help.
@@ -52,6 +61,19 @@ def _register_all() -> None:
                 continue
             raise
         module.register(app)
+    _use_command_class(app)
+
+
+def _use_command_class(t: typer.Typer) -> None:
+    """Every command, also one registered without them, gets tdptrace.options' Command and Group classes."""
+    for info in t.registered_commands:
+        if info.cls is None:
+            info.cls = Command
+    for group in t.registered_groups:
+        if group.typer_instance is not None:
+            if group.typer_instance.info.cls is None:
+                group.typer_instance.info.cls = Group
+            _use_command_class(group.typer_instance)
 
 
 _register_all()
@@ -67,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str] | None) -> int:
     try:
-        rc = app(args=argv, standalone_mode=False)
+        rc = app(args=argv, prog_name="tdptrace", standalone_mode=False)
     except TdpError as exc:
         print(f"tdptrace: error: {exc.line()}", file=sys.stderr)
         return exc.exit_code
@@ -82,6 +104,9 @@ def _run(argv: list[str] | None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # usage errors (click's ClickException, vendored by recent typer)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `tdptrace` or `tdptrace lab` alone: the help, exit 2
+            print(exc.format_message(), file=sys.stderr)
+            return 2
         if callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int):
             ctx = getattr(exc, "ctx", None)
             where = f"; see '{ctx.command_path} -h'" if ctx is not None else ""

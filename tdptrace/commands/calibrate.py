@@ -1,5 +1,4 @@
 """`tdptrace calibrate CAPTURE... -o cost.json`: fit the simulator's cost model from real captures."""
-from __future__ import annotations
 
 import json
 from pathlib import Path
@@ -7,24 +6,33 @@ from typing import Annotated
 
 import typer
 
+from tdptrace.options import command, force_option, refuse_existing, writer_json
+
 
 def register(app: typer.Typer) -> None:
-    app.command("calibrate")(calibrate_cmd)
+    command(app, "calibrate", "Fit the simulator's cost model from captures.",
+            ("tdptrace calibrate lab/*.tdp -o cost.json", "fit the cost model from lab captures"),
+            ("tdptrace calibrate a.tdp b.tdp -o cost.json --force --json", "refit over an earlier file, as JSON"))(
+        calibrate_cmd)
 
 
 def calibrate_cmd(
-    captures: Annotated[list[Path], typer.Argument(help="Captures with zap spans and SPTE events (lab or host).")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Cost model JSON to write.")],
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing file at -o.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the fitted model as JSON.")] = False,
+    captures: Annotated[list[Path], typer.Argument(metavar="CAPTURE...",
+                                                   help="Captures with zap spans and SPTE events (lab or host).")],
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="FILE", help="Cost model JSON to write.")],
+    force: Annotated[bool, force_option("the file at -o")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was written and the fitted model as one JSON "
+                                          "object.")] = False,
 ) -> None:
-    """Fit ns per leaf zap, per non-leaf zap, per table freed, per yield and per call from captures."""
+    """Fit ns per leaf zap, per non-leaf zap, per table freed, per yield and per call from captures.
+
+    The result is what `tdptrace simulate --costs FILE` reads.
+    """
     import tdptrace
     from tdptrace.errors import BadInput
     from tdptrace.sim.costs import FIT_TERMS, TERM_FIELDS, CostModel, fit
 
-    if output.exists() and not force:
-        raise BadInput(f"{output} already exists", "choose another -o or pass --force to replace it")
+    refuse_existing([output], force)
     if not output.parent.exists():
         raise BadInput(f"directory {output.parent} does not exist", "create it first or choose another -o")
     parts = []
@@ -35,7 +43,8 @@ def calibrate_cmd(
     model, stats = fit(parts, [str(p) for p in captures])
     model.save(output)
     if as_json:
-        typer.echo(json.dumps(model.to_dict(), indent=1))
+        typer.echo(json.dumps(writer_json([output], captures=[str(p) for p in captures], spans=stats["spans"],
+                                          residual_rms_ns=stats["residual_rms_ns"], model=model.to_dict()), indent=1))
         return
     default = CostModel()
     typer.echo(f"{output}: fitted from {stats['spans']} zap spans in {len(captures)} capture(s); "

@@ -1,5 +1,5 @@
-"""`tdptrace compare A B [-o DIR] [--json]`: two captures side by side, with the direction of each change."""
-from __future__ import annotations
+"""`tdptrace compare A B [-o DIR [--force]] [--json]`: two captures side by side, with the direction of each
+change."""
 
 import json
 from pathlib import Path
@@ -7,9 +7,14 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from tdptrace.options import command, duration_option, force_option, refuse_existing
+
 
 def register(app: typer.Typer) -> None:
-    app.command("compare")(compare_cmd)
+    command(app, "compare", "Two captures side by side, with the direction of each change.",
+            ("tdptrace compare before.tdp after.tdp", "table of every figure, B against A"),
+            ("tdptrace compare k61.tdp k612.tdp -o cmp --json", "as JSON, with overlaid figures in cmp/"))(
+        compare_cmd)
 
 
 def fmt_value(v: Any, unit: str) -> str:
@@ -40,7 +45,8 @@ def fmt_change(r: dict[str, Any]) -> str:
 
 # Rows shown in the text table (the JSON has them all).
 TEXT_METRICS = ("zaps count", "zaps per GiB unmapped", "GiB unmapped by leaf zaps", "operations",
-                "yields_in_longest_operation", "yields_per_operation", "yields_per_second", "gap_p50_ns", "gap_p99_ns", "gap_max_ns",
+                "yields_in_longest_operation", "yields_per_operation", "yields_per_second", "gap_p50_ns",
+                "gap_p99_ns", "gap_max_ns",
                 "longest_operation_ns", "retained non-leaf peak", "retained non-leaf peak bytes",
                 "retained non-leaf at end", "lost events")
 METRIC_NAMES = {"operations": "operations", "yields_per_operation": "yields per operation",
@@ -77,20 +83,23 @@ def render(c) -> None:
 
 
 def compare_cmd(
-    a: Annotated[Path, typer.Argument(help="Capture A (before).")],
-    b: Annotated[Path, typer.Argument(help="Capture B (after).")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Directory for overlaid PNG plots.")]
-    = None,
-    threshold: Annotated[str, typer.Option("--threshold", "-t", help="Threshold marked on the gap plots.")]
-    = "10ms",
+    a: Annotated[Path, typer.Argument(metavar="A", help="Capture A (before).")],
+    b: Annotated[Path, typer.Argument(metavar="B", help="Capture B (after).")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="DIR", help="Directory for overlaid "
+                                                   "PNG plots.")] = None,
+    threshold: Annotated[int, duration_option("-t", "--threshold", help="Threshold marked on the gap plots.",
+                                              above_zero=True)] = "10ms",
+    force: Annotated[bool, force_option("figures of the same names in DIR")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as one JSON object.")] = False,
 ) -> None:
     """Zaps per level (per GiB unmapped, per span), gap quantiles, yields per operation, retained tables."""
     import tdptrace
     from tdptrace.oncall.compare import compare
-    from tdptrace.units import parse_duration
+    threshold_ns = threshold
+    if output is not None:
+        from tdptrace.oncall.plots import FIGURES
 
-    threshold_ns = parse_duration(threshold)
+        refuse_existing([output / f"{name}.png" for name in FIGURES], force)
     ca, cb = tdptrace.open(a), tdptrace.open(b)
     c = compare(ca, cb)
     paths: list[Path] = []
@@ -102,6 +111,7 @@ def compare_cmd(
     if as_json:
         d = c.to_dict()
         d["plots"] = [str(p) for p in paths]
+        d["wrote"] = d["plots"]
         typer.echo(json.dumps(d, indent=1))
         return
     render(c)

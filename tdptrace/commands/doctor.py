@@ -2,7 +2,6 @@
 
 Exit status: 0 all three figures, 1 only some (the missing ones are named), 2 none.
 """
-from __future__ import annotations
 
 import json
 from pathlib import Path
@@ -12,7 +11,11 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    app.command("doctor")(doctor_cmd)
+    from tdptrace.options import command
+
+    command(app, "doctor", "What this host lets record measure; the fix for what is missing.",
+            ("sudo tdptrace doctor", "one row per check, with the fix for each missing piece"),
+            ("tdptrace doctor --json | jq .figures_available", "what record can measure, for scripts"))(doctor_cmd)
 
 
 STYLE = {"ok": "green", "missing": "bold red", "warn": "yellow", "info": "dim"}
@@ -20,7 +23,8 @@ STYLE = {"ok": "green", "missing": "bold red", "warn": "yellow", "info": "dim"}
 
 def doctor_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON (same exit status).")] = False,
-    root: Annotated[Path, typer.Option("--root", hidden=True, help="Read /proc, /sys, /lib/modules below "
+    root: Annotated[Path, typer.Option("--root", metavar="DIR",
+                                       hidden=True, help="Read /proc, /sys, /lib/modules below "
                                        "this directory (tests).")] = Path("/"),
 ) -> None:
     """Check root, bcc, kernel headers, BTF, tracefs, kprobes, fentry, KVM and its zap functions.

@@ -1,5 +1,4 @@
-"""`tdptrace exercise`: run a small KVM guest through the phases that make KVM zap (see tdptrace/lab/exercise.py)."""
-from __future__ import annotations
+"""`tdptrace exercise`: run a small KVM guest through the phases that make KVM zap (tdptrace/lab/exercise.py)."""
 
 import json
 from typing import Annotated, Optional
@@ -7,10 +6,14 @@ from typing import Annotated, Optional
 import typer
 
 from tdptrace.errors import TdpError
+from tdptrace.options import command, duration_option
 
 
 def register(app: typer.Typer) -> None:
-    app.command("exercise")(exercise_cmd)
+    command(app, "exercise", "Run a small VM on /dev/kvm through phases that make KVM zap.",
+            ("tdptrace exercise", "64 MiB guest, all five phases, one line per phase"),
+            ("sudo tdptrace record -o ex.tdp -- tdptrace exercise --hugepages --hold 2s",
+             "record it with THP backing, VM kept 2 s before closing"))(exercise_cmd)
 
 
 def _parse_phases(text: Optional[str]) -> tuple[str, ...]:
@@ -27,17 +30,21 @@ def _parse_phases(text: Optional[str]) -> tuple[str, ...]:
 
 
 def exercise_cmd(
-    mib: Annotated[int, typer.Option("--mib", help="Guest memory in MiB (multiple of 4).")] = 64,
+    mib: Annotated[int, typer.Option("--mib", metavar="N", help="Guest memory in MiB (multiple of 4).")] = 64,
     hugepages: Annotated[bool, typer.Option("--hugepages", help="2 MiB-aligned, MADV_HUGEPAGE guest memory "
                                             "(THP, so KVM can map 2 MiB pages).")] = False,
-    hold: Annotated[float, typer.Option("--hold", metavar="SECONDS", help="Keep the VM alive this long "
-                                        "before closing it.")] = 0.0,
-    phases: Annotated[Optional[str], typer.Option("--phases", help="Comma list of populate, madvise, touch, "
+    hold: Annotated[int, duration_option("--hold", help="Keep the VM alive this long before closing it.")] = "0",
+    phases: Annotated[Optional[str], typer.Option("--phases", metavar="PHASE[,PHASE...]",
+                                                  help="Comma list of populate, madvise, touch, "
                                                   "delete, close (default all; they always run in this "
                                                   "order and the VM is always closed at the end).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Run a small VM on /dev/kvm: populate, madvise half, touch again, delete the memslot, close."""
+    """Run a small VM on /dev/kvm: populate, madvise half, touch again, delete the memslot, close.
+
+    Each phase makes KVM zap in its own way (an MMU notifier range, a memslot deletion, the VM's teardown):
+    a workload to record, or to check that a host records at all.
+    """
     from tdptrace.lab.exercise import (
         ExerciseConfig,
         ExerciseReport,
@@ -45,7 +52,7 @@ def exercise_cmd(
         run_exercise,
     )
 
-    cfg = ExerciseConfig(mib=mib, hugepages=hugepages, hold_s=hold, phases=_parse_phases(phases))
+    cfg = ExerciseConfig(mib=mib, hugepages=hugepages, hold_s=hold / 1e9, phases=_parse_phases(phases))
     cfg.validate()
     if as_json:
         report = run_exercise(cfg)

@@ -1,5 +1,4 @@
 """`tdptrace lab ...`: boot stock Debian kernels under QEMU (TCG, nested SVM + NPT) and trace a real TDP MMU."""
-from __future__ import annotations
 
 import json
 from pathlib import Path
@@ -7,51 +6,67 @@ from typing import Annotated, Optional
 
 import typer
 
+from tdptrace.options import HOUR, Group, command, duration_option, force_option, writer_json
+
 lab_app = typer.Typer(help="The lab: stock Debian kernels under QEMU with a real TDP MMU, traced with tracefs.",
-                      no_args_is_help=True)
+                      no_args_is_help=True, rich_markup_mode=None, cls=Group)
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(lab_app, name="lab")
 
 
-@lab_app.command("run")
+@command(lab_app, "run", "Boot a lab kernel, run the five phases, trace them; print the summary.",
+         ("tdptrace lab run", "6.1 guest, 128 MiB, the five phases once; prints the summary"),
+         ("tdptrace lab run -k 5.10 --thp --hog -o runs/510 --json", "5.10 with THP and CPU contention, as JSON"))
 def run_cmd(
-    kernel: Annotated[str, typer.Option("--kernel", "-k", help="Lab kernel: 5.10, 6.1 or 6.12.")] = "6.1",
-    mib: Annotated[int, typer.Option("--mib", "-m", help="L2 guest memory in MiB (multiple of 4).")] = 128,
+    kernel: Annotated[str, typer.Option("--kernel", "-k", metavar="KERNEL", help="Lab kernel: 5.10, 6.1 or 6.12.")]
+    = "6.1",
+    mib: Annotated[int, typer.Option("--mib", "-m", metavar="N", help="L2 guest memory in MiB (multiple of 4).")]
+    = 128,
     thp: Annotated[bool, typer.Option("--thp/--4k", help="Back guest memory with 2 MiB pages (THP) or 4 KiB.")]
     = False,
     hog: Annotated[bool, typer.Option("--hog/--no-hog", help="CPU contention: a busy loop pinned with the "
                                       "workload to CPU 0, so that need_resched is set and zaps yield.")] = False,
-    iters: Annotated[int, typer.Option("--iters", help="Repeat the five phases this many times.")] = 1,
-    base_mib: Annotated[int, typer.Option("--base-mib", help="Guest-physical base of the memory in MiB (even); "
+    iters: Annotated[int, typer.Option("--iters", metavar="N", help="Repeat the five phases this many times.")] = 1,
+    base_mib: Annotated[int, typer.Option("--base-mib", metavar="N",
+                                          help="Guest-physical base of the memory in MiB (even); "
                                           "1024 - MIB/2 makes it straddle a 1 GiB boundary.")] = 0,
-    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Run directory (default: the lab cache's "
-                                                "runs/NAME-TIMESTAMP).")] = None,
-    hook: Annotated[Optional[Path], typer.Option("--hook", help="Shell script run inside the guest alongside the "
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", metavar="DIR", help="Run directory, created with its "
+                                                "parents (default: the lab cache's runs/NAME-TIMESTAMP).")] = None,
+    hook: Annotated[Optional[Path], typer.Option("--hook", metavar="FILE",
+                                                 help="Shell script run inside the guest alongside the "
                                                  "workload (gets SIGINT when it is done).")] = None,
-    hook_settle: Annotated[float, typer.Option("--hook-settle", help="Seconds to give the hook before the "
-                                               "workload starts.")] = 0.0,
-    rootfs: Annotated[Optional[Path], typer.Option("--rootfs", help="Directory shared into the guest at "
+    hook_settle: Annotated[int, duration_option("--hook-settle", help="Time to give the hook before the workload "
+                                                "starts.", hi=HOUR)] = "0",
+    rootfs: Annotated[Optional[Path], typer.Option("--rootfs", metavar="DIR", help="Directory shared into the guest at "
                                                    "/rootfs (e.g. from `tdptrace lab rootfs`).")] = None,
-    chroot_cmd: Annotated[Optional[str], typer.Option("--chroot-cmd", help="Command run inside the BCC rootfs "
+    chroot_cmd: Annotated[Optional[str], typer.Option("--chroot-cmd", metavar="COMMAND",
+                                                      help="Command run inside the BCC rootfs "
                                                       "(built on first use) alongside the workload, e.g. "
                                                       "'tdptrace record -o /share/out/bcc.tdp'.")] = None,
+    force: Annotated[bool, force_option("the results in an existing -o DIR (trace, capture, summary)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run record and summary as JSON.")] = False,
 ) -> None:
-    """Run one scenario: populate, madvise half, touch again, delete memslot, close; print the summary."""
+    """Run one scenario: populate, madvise half, touch again, delete memslot, close; print the summary.
+
+    COST: a QEMU TCG boot of the lab kernel with a nested guest, about a minute on two cores.
+    """
+    from tdptrace.errors import BadInput
     from tdptrace.lab.run import run
     from tdptrace.lab.scenario import Scenario
     from tdptrace.oncall.summary_text import render
 
     sc = Scenario(kernel=kernel, mib=mib, thp=thp, hog=hog, iters=iters, base_mib=base_mib, hook=hook,
-                  rootfs=rootfs, hook_settle_s=hook_settle, chroot_cmd=chroot_cmd)
+                  rootfs=rootfs, hook_settle_s=hook_settle / 1e9, chroot_cmd=chroot_cmd)
+    if out is not None and not force and out.is_dir() and any(out.iterdir()):
+        raise BadInput(f"{out} already holds files", "choose another -o or pass --force to replace its results")
     typer.echo(f"lab: {sc.name} (guest RAM {sc.guest_mib} MiB, trace buffer {sc.buffer_kb} KiB per CPU)", err=True)
     r = run(sc, out)
     if as_json:
         from dataclasses import asdict
 
-        typer.echo(json.dumps(asdict(r), indent=1, default=str))
+        typer.echo(json.dumps(writer_json([r.out], **asdict(r)), indent=1, default=str))
         return
     render(r.summary)
     for k in r.kvmtouch:
@@ -61,21 +76,21 @@ def run_cmd(
     typer.echo(f"capture: {r.capture}\ntrace:   {r.trace}\nconsole: {Path(r.out) / 'console.log'}")
 
 
-@lab_app.command("kernels")
+@command(lab_app, "kernels", "The lab's kernels and what the cache holds for each.",
+         ("tdptrace lab kernels", "which kernels the lab boots and which are in the cache"),
+         ("tdptrace lab kernels --fetch", "download and unpack them all now"))
 def kernels_cmd(
     fetch: Annotated[bool, typer.Option("--fetch", help="Download and unpack every lab kernel now.")] = False,
     refresh: Annotated[bool, typer.Option("--refresh", help="Ask apt again which build each kernel is.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as one JSON object.")] = False,
 ) -> None:
     """List the lab's kernels and what the cache holds for each."""
-    from rich.console import Console
-    from rich.table import Table
-
     from tdptrace.lab import kernels
     from tdptrace.lab.host import cache_dir, ensure_host_packages
 
     if fetch or refresh:
         ensure_host_packages()
-    table = Table("kernel", "release", "package version", "why it is in the lab")
+    rows = []
     for name, src in kernels.KERNEL_SOURCES.items():
         pointer = cache_dir() / "kernels" / f"{name}.json"
         if fetch or refresh:
@@ -85,15 +100,29 @@ def kernels_cmd(
             info = json.loads(pointer.read_text())
             release, version = info["release"], info["version"]
         else:
-            release, version = "(not fetched)", "-"
-        table.add_row(name, release, version, src.why)
+            release, version = None, None
+        rows.append({"kernel": name, "release": release, "version": version, "why": src.why})
+    if as_json:
+        typer.echo(json.dumps({"cache": str(cache_dir()), "kernels": rows}, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("kernel", "release", "package version", "why it is in the lab")
+    for r in rows:
+        table.add_row(r["kernel"], r["release"] or "(not fetched)", r["version"] or "-", r["why"])
     Console().print(table)
     typer.echo(f"cache: {cache_dir()}")
 
 
-@lab_app.command("probes")
+@command(lab_app, "probes", "The kprobe_events lines the lab writes for a kernel.",
+         ("tdptrace lab probes", "the kprobe_events lines for the 6.1 lab kernel"),
+         ("tdptrace lab probes -k 5.10 --json", "5.10's, with what was not attached and why, as JSON"))
 def probes_cmd(
-    kernel: Annotated[str, typer.Option("--kernel", "-k", help="Lab kernel: 5.10, 6.1 or 6.12.")] = "6.1",
+    kernel: Annotated[str, typer.Option("--kernel", "-k", metavar="KERNEL", help="Lab kernel: 5.10, 6.1 or 6.12.")]
+    = "6.1",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the lines, tracepoints and skipped probes as one "
+                                          "JSON object.")] = False,
 ) -> None:
     """Print the kprobe_events lines the lab writes on a kernel (resolved from its kallsyms), and exit."""
     from tdptrace.lab import kernels, run
@@ -101,16 +130,26 @@ def probes_cmd(
 
     kernels.kernel_source(kernel)  # an unknown kernel fails here, before any package is installed
     ensure_host_packages()
-    res = run.resolve_probes(kernels.fetch(kernel))
+    k = kernels.fetch(kernel)
+    res = run.resolve_probes(k)
+    if as_json:
+        typer.echo(json.dumps({"kernel": kernel, "release": k.release, "kprobe_events": res.lines,
+                               "attached": res.attached, "tracepoints": res.tracepoints,
+                               "not_attached": res.skipped}, indent=1))
+        return
     typer.echo("\n".join(res.lines))
     typer.echo("# tracepoints: " + " ".join(f"kvmmmu/{t}" for t in res.tracepoints))
     for name, why in res.skipped.items():
         typer.echo(f"# not attached: {name}: {why}")
 
 
-@lab_app.command("rootfs")
+@command(lab_app, "rootfs", "Build the chroot with BCC for lab run --chroot-cmd.",
+         ("tdptrace lab rootfs", "the chroot with BCC and the 6.1 lab kernel's headers"),
+         ("tdptrace lab run --chroot-cmd 'tdptrace record -o /share/out/bcc.tdp'", "then record with BCC in the guest"))
 def rootfs_cmd(
-    kernel: Annotated[str, typer.Option("--kernel", "-k", help="Lab kernel whose headers to install.")] = "6.1",
+    kernel: Annotated[str, typer.Option("--kernel", "-k", metavar="KERNEL", help="Lab kernel whose headers to "
+                                        "install.")] = "6.1",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rootfs directory as one JSON object.")] = False,
 ) -> None:
     """Build (or extend) the bookworm chroot with BCC, the kernel's headers and tdptrace, for --chroot-cmd."""
     from tdptrace.lab import kernels, rootfs
@@ -119,4 +158,8 @@ def rootfs_cmd(
 
     kernels.kernel_source(kernel)  # an unknown kernel fails here, before any package is installed
     ensure_host_packages()
-    typer.echo(str(rootfs.build(kernels.fetch(kernel), project=source_tree())))
+    root = rootfs.build(kernels.fetch(kernel), project=source_tree())
+    if as_json:
+        typer.echo(json.dumps(writer_json([root], rootfs=str(root), kernel=kernel), indent=1))
+        return
+    typer.echo(str(root))

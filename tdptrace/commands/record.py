@@ -1,74 +1,74 @@
-"""`sudo tdptrace record [-o CAPTURE] [-p PID,...] [-d DURATION] [--sptes] [--stacks] [-- COMMAND ...]`.
+"""`sudo tdptrace record [-o CAPTURE] [-p PID,...] [-d DURATION] [--sptes] [--stacks] [--json] [-- COMMAND ...]`.
 
 Records the host's KVM MMU until Ctrl-C, SIGTERM, the duration or the end of COMMAND, with a live line;
 then prints the capture's summary. `--ebpf` prints the BPF program (with its settings) and exits.
 """
-from __future__ import annotations
 
-import re
+import contextlib
+import json
+import os
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from tdptrace.errors import BadInput, MissingCapability
+from tdptrace.options import HOUR, YEAR, duration_option, force_option, pid_option, refuse_existing, writer_json
+from tdptrace.options import command as add_command
 
 BACKENDS = ("auto", "bcc", "ftrace")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 def register(app: typer.Typer) -> None:
-    app.command("record", context_settings={"allow_interspersed_args": False})(record_cmd)
-
-
-def parse_duration(text: str) -> float:
-    """'30', '30s', '500ms', '2m', '1h' -> seconds."""
-    m = _DURATION.match(text.strip())
-    if not m or float(m.group(1)) <= 0:
-        raise BadInput(f"-d {text!r} is not a duration", "give e.g. 30, 30s, 500ms, 2m")
-    return float(m.group(1)) * _UNIT[m.group(2)]
-
-
-def parse_pids(text: str) -> tuple[int, ...]:
-    """'1234,5678' -> (1234, 5678)."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() for p in parts):
-        raise BadInput(f"-p {text!r} is not a list of process ids", "give e.g. -p 1234 or -p 1234,5678")
-    return tuple(int(p) for p in parts)
+    add_command(app, "record", "Record the host's KVM MMU zaps (root), then summarize the capture.",
+                ("sudo tdptrace record -d 30s -o stall.tdp", "every VM for 30 s, then the summary"),
+                ("sudo tdptrace record -p 4242,4343 --stacks", "two VMMs until ^C, with stacks of long spans"),
+                ("sudo tdptrace record -o ex.tdp -- tdptrace exercise", "while a command runs (a small test VM)"),
+                context_settings={"allow_interspersed_args": False})(record_cmd)
 
 
 def record_cmd(
-    command: Annotated[Optional[list[str]], typer.Argument(help="Command to run while recording (after --); "
-                                                           "recording stops when it exits.")] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Capture directory to create "
-                                                   "(default tdptrace-DATE-TIME.tdp).")] = None,
-    pid: Annotated[Optional[str], typer.Option("-p", "--pid", help="Only these VMMs' VMs: PID[,PID...].")] = None,
-    duration: Annotated[Optional[str], typer.Option("-d", "--duration", help="Stop after this long "
-                                                    "(30, 30s, 500ms, 2m).")] = None,
+    command: Annotated[Optional[list[str]], typer.Argument(metavar="COMMAND", help="Command to run while "
+                                                           "recording (after --); recording stops when it exits.")]
+    = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", metavar="CAPTURE", help="Capture directory "
+                                                   "to create (default tdptrace-DATE-TIME.tdp).")] = None,
+    pid: Annotated[Optional[list[int]], pid_option("Only these VMMs' VMs (filtered in the kernel).")] = None,
+    duration: Annotated[Optional[int], duration_option("-d", "--duration", help="Stop after this long (default: "
+                                                       "Ctrl-C, SIGTERM or the end of COMMAND).", hi=YEAR,
+                                                       above_zero=True)] = None,
     sptes: Annotated[bool, typer.Option("--sptes", help="Also keep every SPTE change (deep dives; large).")] = False,
     stacks: Annotated[bool, typer.Option("--stacks", help="Keep the kernel stack of spans whose max gap "
                                          "reaches --stack-threshold.")] = False,
-    stack_threshold_ms: Annotated[float, typer.Option("--stack-threshold", help="Max gap (ms) from which "
-                                                      "--stacks keeps a span's stack.")] = 1.0,
-    backend: Annotated[str, typer.Option("--backend", help="bcc, ftrace (tracefs only: no compiler, no "
-                                         "headers) or auto.")] = "auto",
+    stack_threshold: Annotated[int, duration_option("--stack-threshold", help="Max gap from which --stacks "
+                                                    "keeps a span's stack.", hi=HOUR)] = "1ms",
+    backend: Annotated[str, typer.Option("--backend", metavar="BACKEND", help="bcc, ftrace (tracefs only: no "
+                                         "compiler, no headers) or auto.")] = "auto",
     ebpf: Annotated[bool, typer.Option("--ebpf", help="Print the BPF program and exit.", hidden=True)] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing capture at -o.")] = False,
+    force: Annotated[bool, force_option("the capture at -o")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No live line, no summary.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was written and the summary as one JSON "
+                                          "object (no summary tables).")] = False,
 ) -> None:
-    """Record the host's KVM MMU zaps (needs root)."""
+    """Record the host's KVM MMU zaps (needs root), then print the capture's summary.
+
+    Stops at Ctrl-C, SIGTERM, -d or the end of COMMAND; every way of stopping leaves a valid capture.
+    OVERHEAD: per event a map lookup and a few counters in the kernel; a zap span is one record however
+    many SPTEs it zaps; SPTE changes are streamed only with --sptes (then one row each).
+    """
     from tdptrace.live.recording import RecordOptions
 
     if backend not in BACKENDS:
         raise BadInput(f"--backend {backend!r} is unknown", f"use one of {', '.join(BACKENDS)}")
-    if not 0 <= stack_threshold_ms <= 1e9:  # also NaN and inf, before int() meets them
-        raise BadInput(f"--stack-threshold {stack_threshold_ms} is out of range", "give milliseconds between 0 and 10^9")
     out = output or Path(time.strftime("tdptrace-%Y%m%d-%H%M%S.tdp"))
-    opts = RecordOptions(output=out, pids=parse_pids(pid) if pid else (), sptes=sptes, stacks=stacks,
-                         stack_min_gap_ns=int(stack_threshold_ms * 1e6), force=force)
-    secs = parse_duration(duration) if duration else None
+    if not ebpf:
+        refuse_existing([out], force)
+    opts = RecordOptions(output=out, pids=tuple(pid or ()), sptes=sptes, stacks=stacks,
+                         stack_min_gap_ns=stack_threshold, force=force)
+    secs = duration / 1e9 if duration is not None else None
     opts.validate()
     from tdptrace.live.attach import plan_probes
     from tdptrace.live.host import check_host
@@ -97,13 +97,13 @@ def record_cmd(
         from tdptrace.live.bcc_recorder import BccRecorder
 
         try:
-            _run(BccRecorder(plan, opts, argv=command), plan, secs, command, quiet)
+            _run(BccRecorder(plan, opts, argv=command), plan, secs, command, quiet, as_json)
             return
         except MissingCapability as exc:  # raised before anything was recorded or COMMAND started
             if backend != "auto":
                 raise
             typer.echo(f"tdptrace: note: {exc.message}; recording with --backend ftrace instead", err=True)
-    _run(FtraceRecorder(plan, opts, argv=command), plan, secs, command, quiet)
+    _run(FtraceRecorder(plan, opts, argv=command), plan, secs, command, quiet, as_json)
 
 
 def _row(report, name: str):
@@ -135,7 +135,7 @@ def _choose_backend(backend: str, report) -> str:
     return "bcc" if report.methods.get("bcc_tracepoints") else "ftrace"
 
 
-def _run(recorder, plan, secs: float | None, command: list[str] | None, quiet: bool) -> None:
+def _run(recorder, plan, secs: Optional[float], command: Optional[list[str]], quiet: bool, as_json: bool) -> None:
     from rich.console import Console
     from rich.live import Live
     from rich.text import Text
@@ -158,18 +158,44 @@ def _run(recorder, plan, secs: float | None, command: list[str] | None, quiet: b
 
     live = Live(line(LiveStatus()), console=err, refresh_per_second=4, transient=True,
                 auto_refresh=err.is_terminal)
-    if quiet or not err.is_terminal:
-        result = run(recorder, duration=secs, command=command)
-    else:
-        with live:
-            result = run(recorder, duration=secs, command=command, tick=lambda st: live.update(line(st)))
+    with _stdout_to_stderr(as_json and bool(command)):  # stdout carries the JSON object alone
+        if quiet or not err.is_terminal:
+            result = run(recorder, duration=secs, command=command)
+        else:
+            with live:
+                result = run(recorder, duration=secs, command=command, tick=lambda st: live.update(line(st)))
     st = result.status
     err.print(f"recorded {st.elapsed_s:.1f}s, stopped by {result.stopped_by}: {result.capture}")
-    if not quiet:
+    if as_json or not quiet:
         import tdptrace
         from tdptrace.metrics.summary import summarize
-        from tdptrace.oncall.summary_text import render
 
-        render(summarize(tdptrace.open(result.capture)))
+        summary = summarize(tdptrace.open(result.capture))
+        if as_json:
+            typer.echo(json.dumps(writer_json([result.capture], capture=str(result.capture),
+                                              stopped_by=result.stopped_by, seconds=round(st.elapsed_s, 3),
+                                              events=st.events, spans=st.spans, drops=st.drops,
+                                              command_status=result.command_status, summary=summary), indent=1))
+        else:
+            from tdptrace.oncall.summary_text import render
+
+            render(summary)
     if result.command_status:
         raise typer.Exit(code=result.command_status if result.command_status > 0 else 128 - result.command_status)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(on: bool) -> Iterator[None]:
+    """COMMAND (which inherits fd 1) prints to stderr while this is on; fd 1 is restored afterwards."""
+    if not on:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -1,5 +1,5 @@
-"""`tdptrace serve`: a Prometheus exporter of the in-kernel per-VM statistics (see tdptrace/live/exporter.py)."""
-from __future__ import annotations
+"""`tdptrace serve [INTERVAL] [-p PID,...]`: a Prometheus exporter of the in-kernel per-VM statistics
+(tdptrace/live/exporter.py)."""
 
 import signal
 import sys
@@ -9,33 +9,50 @@ from typing import Annotated, Optional
 
 import typer
 
+from tdptrace.options import DAY, HOUR, YEAR, command, duration_argument, duration_option, pid_option
+from tdptrace.units import fmt_duration
+
 
 def register(app: typer.Typer) -> None:
-    app.command("serve")(serve_cmd)
+    command(app, "serve", "Prometheus exporter of the per-VM zap statistics.",
+            ("tdptrace serve", "every VM on 127.0.0.1:9464/metrics, maps read every second"),
+            ("tdptrace serve 5 -p 4242,4343", "two VM processes, maps read every 5 s"),
+            ("tdptrace serve --record-dir /var/lib/tdptrace --retain-for 48h",
+             "also keep an hour-long capture per hour for two days"))(serve_cmd)
 
 
 def serve_cmd(
-    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT for /metrics (loopback unless told "
-                                        "otherwise; ':9464' listens on every address).")] = "127.0.0.1:9464",
-    interval: Annotated[float, typer.Option("--interval", help="Seconds between reads of the BPF maps.")] = 1.0,
-    pid: Annotated[int, typer.Option("-p", "--pid", help="Only count this VM process (0 = all).")] = 0,
+    interval: Annotated[int, duration_argument("INTERVAL", help="How often the BPF maps are read: a scrape "
+                                               "sees counts at most this old (as in top, not Prometheus' "
+                                               "scrape interval).", above_zero=True)] = "1",
+    listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT", help="Address for /metrics (loopback "
+                                        "unless told otherwise; ':9464' listens on every address).")]
+    = "127.0.0.1:9464",
+    pid: Annotated[Optional[list[int]], pid_option("Only count these VM processes (one pid is filtered in the "
+                                                   "kernel, several when exported).")] = None,
     spans: Annotated[bool, typer.Option("--spans/--no-spans", help="Measure zap spans and gaps with kprobes "
                                         "where the kernel has them.")] = True,
-    forget_after: Annotated[float, typer.Option("--forget-after", metavar="SECONDS", help="Drop a VM's series "
-                                                "this long after its process exits.")] = 300.0,
-    record_dir: Annotated[Optional[Path], typer.Option("--record-dir", help="Also keep rolling captures here "
-                                                       "(one per hour) for triage after an alert.")] = None,
-    retain_hours: Annotated[float, typer.Option("--retain-hours", help="With --record-dir: delete captures "
-                                                "older than this.")] = 48.0,
-    retain_mib: Annotated[int, typer.Option("--retain-mib", help="With --record-dir: keep the directory under "
-                                            "this size, oldest captures go first.")] = 2048,
-    roll_seconds: Annotated[float, typer.Option("--roll-seconds", hidden=True, help="With --record-dir: "
-                                                "seconds per capture (default one hour).")] = 3600.0,
-    duration: Annotated[Optional[float], typer.Option("--duration", metavar="SECONDS", hidden=True,
-                                                      help="Stop after this long (tests, benchmarks).")] = None,
+    forget_after: Annotated[int, duration_option("--forget-after", help="Drop a VM's series this long after its "
+                                                 "process exits.", hi=10 * DAY)] = "5m",
+    record_dir: Annotated[Optional[Path], typer.Option("--record-dir", metavar="DIR", help="Also keep rolling "
+                                                       "captures here (one per hour) for triage after an alert.")]
+    = None,
+    retain_for: Annotated[int, duration_option("--retain-for", help="With --record-dir: delete captures older "
+                                               "than this.", hi=10 * YEAR, above_zero=True)] = "48h",
+    retain_mib: Annotated[int, typer.Option("--retain-mib", metavar="N", help="With --record-dir: keep the "
+                                            "directory under N MiB, oldest captures go first.")] = 2048,
+    roll: Annotated[int, duration_option("--roll", help="With --record-dir: length of each capture (tests).",
+                                         above_zero=True, hidden=True)] = "1h",
+    duration: Annotated[Optional[int], duration_option("-d", "--duration", help="Stop after this long (tests, "
+                                                       "benchmarks).", hi=YEAR, above_zero=True, hidden=True)]
+    = None,
     ebpf: Annotated[bool, typer.Option("--ebpf", hidden=True, help="Print the BPF program and exit.")] = False,
 ) -> None:
-    """Export zap, page-table, span and gap metrics for Prometheus."""
+    """Export zap, page-table, span and gap metrics for Prometheus (runs until SIGINT or SIGTERM).
+
+    INTERVAL is positional as in top; there is no COUNT, and no --json: serve prints no result, its
+    output is the /metrics page.
+    """
     from tdptrace.live.exporter import Poller, StatsCollector, parse_listen, start_http
     from tdptrace.live.stats import StatsReader, probes_dir
 
@@ -44,23 +61,20 @@ def serve_cmd(
         return
     host, port = parse_listen(listen)
     from tdptrace.options import in_range
-    from tdptrace.options import pid as check_pid
 
-    in_range("--interval", interval, 0, 86400, lo_open=True, unit=" seconds")
-    check_pid("--pid", pid)
-    in_range("--forget-after", forget_after, 0, 10 * 86400, unit=" seconds")
-    in_range("--retain-hours", retain_hours, 0, 24 * 3650, lo_open=True)
     in_range("--retain-mib", retain_mib, 1, 1 << 30)
-    in_range("--roll-seconds", roll_seconds, 0, 86400, lo_open=True)
-    in_range("--duration", duration, 0, 10 * 365 * 86400, lo_open=True, unit=" seconds")
+    seconds = interval / 1e9
+    pids = set(pid or ())
     roller = None
     if record_dir is not None:
         from tdptrace.live.rolling import CaptureRoller
 
-        roller = CaptureRoller(record_dir, retain_hours=retain_hours, retain_bytes=retain_mib << 20,
-                               period_s=roll_seconds)
-    reader = StatsReader(pid=pid, spans=spans, forget_after_s=forget_after)
-    poller = Poller(reader.read, reader.release, interval)
+        roller = CaptureRoller(record_dir, retain_hours=retain_for / HOUR, retain_bytes=retain_mib << 20,
+                               period_s=roll / 1e9)
+    reader = StatsReader(pid=next(iter(pids)) if len(pids) == 1 else 0, spans=spans,
+                         forget_after_s=forget_after / 1e9)
+    read = reader.read if len(pids) < 2 else lambda: _only(reader.read(), pids)
+    poller = Poller(read, reader.release, seconds)
     stop = threading.Event()
     try:
         poller.poll_once()
@@ -71,10 +85,10 @@ def serve_cmd(
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         missing = reader.features.unavailable()
-        print(f"tdptrace serve: http://{host}:{port}/metrics (maps read every {interval:g}s"
+        print(f"tdptrace serve: http://{host}:{port}/metrics (maps read every {fmt_duration(interval)}"
               + (f"; not measured here: {', '.join(sorted(missing))}" if missing else "") + ")",
               file=sys.stderr, flush=True)
-        stop.wait(duration)
+        stop.wait(None if duration is None else duration / 1e9)
         if server is not None:
             server.shutdown()
     finally:
@@ -84,3 +98,10 @@ def serve_cmd(
         if roller is not None:
             roller.stop()
         reader.close()
+
+
+def _only(snap, pids: set[int]):
+    """The snapshot with only these VM processes (several -p pids: the kernel filters one at most)."""
+    from dataclasses import replace
+
+    return replace(snap, vms={vm: t for vm, t in snap.vms.items() if vm in pids})

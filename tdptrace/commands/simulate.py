@@ -1,5 +1,5 @@
-"""`tdptrace simulate -o OUT.tdp`: what a VM's zaps would look like on another kernel era, as a capture."""
-from __future__ import annotations
+"""`tdptrace simulate -o CAPTURE [--json]`: what a VM's zaps would look like on another kernel era, as a
+capture."""
 
 import json
 from pathlib import Path
@@ -8,10 +8,15 @@ from typing import Annotated, Optional
 import typer
 
 from tdptrace.errors import BadInput
+from tdptrace.options import SECOND, command, duration_option, force_option, writer_json
 
 
 def register(app: typer.Typer) -> None:
-    app.command("simulate")(simulate_cmd)
+    command(app, "simulate", "Another kernel era's zaps of a VM, written as a capture.",
+            ("tdptrace simulate -o 515.tdp --size 1T --strategy 5.15 --contention 1",
+             "a 1 TiB VM torn down by 5.15's zap, with a task waiting for the CPU"),
+            ("tdptrace simulate -o k.tdp --size 128M --workload kvmtouch --costs cost.json",
+             "the lab's workload with costs fitted by calibrate"))(simulate_cmd)
 
 
 def _range(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
@@ -27,37 +32,50 @@ def _range(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
 
 
 def simulate_cmd(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Capture directory to create (NAME.tdp).")],
-    size: Annotated[str, typer.Option("--size", help="Guest memory, e.g. 128M, 64G, 1T.")] = "64G",
-    backing: Annotated[str, typer.Option("--backing", help="Host page size backing guest memory: 4k, 2m, 1g.")]
-    = "4k",
-    paging: Annotated[int, typer.Option("--paging", help="TDP paging levels: 4 or 5.")] = 4,
-    populated: Annotated[float, typer.Option("--populated", help="Fraction of guest memory touched (0..1).")]
-    = 1.0,
-    pattern: Annotated[str, typer.Option("--pattern", help="contiguous (first part of memory) or spread "
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="CAPTURE", help="Capture directory to create "
+                                         "(NAME.tdp).")],
+    size: Annotated[str, typer.Option("--size", metavar="SIZE", help="Guest memory, e.g. 128M, 64G, 1T.")] = "64G",
+    backing: Annotated[str, typer.Option("--backing", metavar="PAGE", help="Host page size backing guest memory: "
+                                         "4k, 2m, 1g.")] = "4k",
+    paging: Annotated[int, typer.Option("--paging", metavar="N", help="TDP paging levels: 4 or 5.")] = 4,
+    populated: Annotated[float, typer.Option("--populated", metavar="FRACTION", help="Fraction of guest memory "
+                                             "touched (0..1).")] = 1.0,
+    pattern: Annotated[str, typer.Option("--pattern", metavar="PATTERN",
+                                         help="contiguous (first part of memory) or spread "
                                          "(a share of every 2 MiB region).")] = "contiguous",
-    scenario: Annotated[str, typer.Option("--scenario", help="teardown, delete-slot, unmap or madvise.")]
+    scenario: Annotated[str, typer.Option("--scenario", metavar="SCENARIO",
+                                          help="teardown, delete-slot, unmap or madvise.")]
     = "teardown",
-    zap_range: Annotated[Optional[str], typer.Option("--range", help="For unmap/madvise: START:END in guest "
+    zap_range: Annotated[Optional[str], typer.Option("--range", metavar="START:END",
+                                                     help="For unmap/madvise: START:END in guest "
                                                      "bytes (default: all of it).")] = None,
-    workload: Annotated[Optional[str], typer.Option("--workload", help="'kvmtouch': the lab's workload (touch, "
+    workload: Annotated[Optional[str], typer.Option("--workload", metavar="WORKLOAD",
+                                                    help="'kvmtouch': the lab's workload (touch, "
                                                     "madvise upper half, retouch, delete memslot, close) on "
                                                     "--size with --backing 4k or 2m; replaces --scenario.")]
     = None,
-    strategy: Annotated[str, typer.Option("--strategy", help="5.15, 2021, two-pass (5.18-6.8) or four-pass "
+    strategy: Annotated[str, typer.Option("--strategy", metavar="ERA",
+                                          help="5.15, 2021, two-pass (5.18-6.8) or four-pass "
                                           "(6.9+); aliases 6.1, 6.12.")] = "two-pass",
-    costs: Annotated[Optional[Path], typer.Option("--costs", help="Cost model JSON from 'tdptrace calibrate'.")]
+    costs: Annotated[Optional[Path], typer.Option("--costs", metavar="FILE",
+                                                  help="Cost model JSON from 'tdptrace calibrate'.")]
     = None,
-    contention: Annotated[int, typer.Option("--contention", help="Other runnable tasks on the zapping CPU "
+    contention: Annotated[int, typer.Option("--contention", metavar="N", help="Other runnable tasks on the zapping CPU "
                                             "(0: idle, need_resched never set).")] = 0,
-    tick_us: Annotated[int, typer.Option("--tick-us", help="Scheduler tick (HZ=250: 4000).")] = 4000,
-    slice_us: Annotated[int, typer.Option("--slice-us", help="Scheduler slice before need_resched.")] = 3000,
-    phase_us: Annotated[int, typer.Option("--phase-us", help="Slice already used when each zap starts.")] = 0,
-    sptes: Annotated[str, typer.Option("--sptes", help="Per-SPTE rows: auto (small VMs), yes, no.")] = "auto",
-    phys_bits: Annotated[Optional[int], typer.Option("--phys-bits", help="Host MAXPHYADDR (default 46, 52 with "
+    tick: Annotated[int, duration_option("--tick", help="Scheduler tick (HZ=250: 4ms).", hi=10 * SECOND,
+                                         above_zero=True)] = "4ms",
+    slice_: Annotated[int, duration_option("--slice", help="Scheduler slice before need_resched.", hi=10 * SECOND,
+                                           above_zero=True)] = "3ms",
+    phase: Annotated[int, duration_option("--phase", help="Slice already used when each zap starts.",
+                                          hi=10 * SECOND)] = "0",
+    sptes: Annotated[str, typer.Option("--sptes", metavar="WHEN", help="Per-SPTE rows: auto (small VMs), yes, no.")]
+    = "auto",
+    phys_bits: Annotated[Optional[int], typer.Option("--phys-bits", metavar="N",
+                                                     help="Host MAXPHYADDR (default 46, 52 with "
                                                      "5-level paging).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing capture at -o.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the phases as JSON.")] = False,
+    force: Annotated[bool, force_option("the capture at -o")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was written and its phases as one JSON "
+                                          "object.")] = False,
 ) -> None:
     """Model the TDP page tables of a VM and one era's zap algorithm; write the result as a capture."""
     from tdptrace.sim.run import SimSpec, simulate
@@ -67,17 +85,14 @@ def simulate_cmd(
     from tdptrace.options import in_range
 
     in_range("--contention", contention, 0, 4096)
-    for opt, us in (("--tick-us", tick_us), ("--slice-us", slice_us), ("--phase-us", phase_us)):
-        in_range(opt, us, 0, 10_000_000, unit=" microseconds")  # ns values must fit the int64 timestamps
     start, end = _range(zap_range)
     spec = SimSpec(size=size, backing=backing, paging=paging, populated=populated, pattern=pattern,
                    scenario=scenario, start=start, end=end, workload=workload, strategy=strategy,
-                   costs=costs, contention=contention, tick_ns=tick_us * 1000, slice_ns=slice_us * 1000,
-                   phase_ns=phase_us * 1000,
+                   costs=costs, contention=contention, tick_ns=tick, slice_ns=slice_, phase_ns=phase,
                    sptes=sptes, phys_bits=phys_bits)
     path, res = simulate(spec, output, overwrite=force)
     if as_json:
-        typer.echo(json.dumps({"capture": str(path), "phases": res.phases, "notes": res.notes}, indent=1))
+        typer.echo(json.dumps(writer_json([path], capture=str(path), phases=res.phases, notes=res.notes), indent=1))
         return
     typer.echo(f"{path}: simulated {spec.describe()}")
     for ph in res.phases:

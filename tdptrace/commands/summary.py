@@ -1,5 +1,4 @@
 """`tdptrace summary CAPTURE [--json]`: the three figures, as rich tables or the JSON contract."""
-from __future__ import annotations
 
 import json
 from pathlib import Path
@@ -9,11 +8,17 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    app.command("summary")(summary_cmd)
+    from tdptrace.options import command
+
+    command(app, "summary", "Zaps by level, spans and gaps, retained tables, lost events.",
+            ("tdptrace summary host42.tdp", "zaps by level, spans and gaps, retained tables"),
+            ("tdptrace summary --json /var/lib/tdptrace", "every capture below a directory and a fleet total"))(
+        summary_cmd)
 
 
 def summary_cmd(
-    captures: Annotated[list[Path], typer.Argument(help="Capture directory (NAME.tdp); several, or directories "
+    captures: Annotated[list[Path], typer.Argument(metavar="CAPTURE...",
+                                                   help="Capture directory (NAME.tdp); several, or directories "
                                                         "holding captures, give one row each and a fleet total.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary JSON object (docs/metrics.md contract).")]
     = False,

@@ -1,9 +1,9 @@
-"""`tdptrace top [INTERVAL] [COUNT]`: a live per-VM view of zaps, page tables, spans and gaps (like kvm_stat).
+"""`tdptrace top [INTERVAL] [COUNT] [-p PID,...]`: a live per-VM view of zaps, page tables, spans and gaps
+(like kvm_stat).
 
 Counts come from the in-kernel aggregation of tdptrace/live/stats.py: one read of the BPF maps per interval,
 no per-event streaming. `--json` prints one JSON object per interval; `--once` prints one interval and exits.
 """
-from __future__ import annotations
 
 import json
 import re
@@ -16,6 +16,8 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from tdptrace.errors import BadInput
+from tdptrace.options import duration_argument, pid_option
+from tdptrace.units import fmt_duration
 
 SORT_KEYS: dict[str, Callable[[Any], Any]] = {
     "zaps": lambda v: v.zaps,
@@ -28,26 +30,36 @@ SORT_KEYS: dict[str, Callable[[Any], Any]] = {
 
 
 def register(app: typer.Typer) -> None:
-    app.command("top")(top_cmd)
+    from tdptrace.options import command
+
+    command(app, "top", "Live per-VM zaps, page tables, spans and gaps (like kvm_stat).",
+            ("tdptrace top", "every VM, one screen per second, until q or ^C"),
+            ("tdptrace top 5 12 -p 4242", "VM process 4242 only, 5 s intervals, 12 of them"),
+            ("tdptrace top --once --json 10", "one 10 s interval as one JSON object, then exit"))(top_cmd)
 
 
 def top_cmd(
-    interval: Annotated[float, typer.Argument(help="Seconds per interval.")] = 1.0,
-    count: Annotated[Optional[int], typer.Argument(help="Stop after this many intervals (default: until ^C).")]
-    = None,
-    pid: Annotated[int, typer.Option("-p", "--pid", help="Only this VM process (filtered in the kernel).")] = 0,
-    sort: Annotated[str, typer.Option("-s", "--sort", help="Sort rows by zaps, pt, fast, gap, retained or pid "
-                                      "(keys z/t/f/g/r/p while running).")] = "zaps",
-    comm: Annotated[Optional[str], typer.Option("-c", "--comm", help="Only VMs whose process name matches this "
-                                                "regular expression.")] = None,
+    interval: Annotated[int, duration_argument("INTERVAL", help="Length of each interval.", above_zero=True)]
+    = "1",
+    count: Annotated[Optional[int], typer.Argument(metavar="COUNT", help="Stop after this many intervals "
+                                                   "(default: until q or ^C).")] = None,
+    pid: Annotated[Optional[list[int]], pid_option("Only these VM processes (one pid is filtered in the kernel, "
+                                                   "several when printed).")] = None,
+    sort: Annotated[str, typer.Option("-s", "--sort", metavar="KEY", help="Sort rows by zaps, pt, fast, gap, "
+                                      "retained or pid (keys z/t/f/g/r/p while running).")] = "zaps",
+    comm: Annotated[Optional[str], typer.Option("-c", "--comm", metavar="REGEX", help="Only VMs whose process "
+                                                "name matches this regular expression.")] = None,
     active: Annotated[bool, typer.Option("-a", "--active", help="Hide VMs with nothing in the interval.")] = False,
-    once: Annotated[bool, typer.Option("--once", help="Print one interval and exit.")] = False,
+    once: Annotated[bool, typer.Option("--once", help="Print one interval and exit (same as COUNT 1).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per interval on stdout.")] = False,
     spans: Annotated[bool, typer.Option("--spans/--no-spans", help="Measure spans and gaps with kprobes where "
                                         "available.")] = True,
     ebpf: Annotated[bool, typer.Option("--ebpf", hidden=True, help="Print the BPF program and exit.")] = False,
 ) -> None:
-    """Live per-VM zaps by level, page tables, fast zaps, spans, yields, worst gaps, retained tables."""
+    """Live per-VM zaps by level, page tables, fast zaps, spans, yields, worst gaps, retained tables.
+
+    Counts are aggregated in the kernel and read once per interval (no per-event streaming), like kvm_stat.
+    """
     from tdptrace.live.stats import StatsReader, probes_dir
     from tdptrace.live.stats import interval as deltas
 
@@ -55,12 +67,8 @@ def top_cmd(
         typer.echo((probes_dir() / "stats.bpf.c").read_text())
         return
     from tdptrace.options import in_range
-    from tdptrace.options import pid as check_pid
 
-    if not 0 < interval <= 86400:  # also NaN and inf
-        raise BadInput(f"interval {interval} must be positive seconds", "e.g. tdptrace top 1")
-    check_pid("--pid", pid)
-    in_range("count", count, 1, 1 << 40)
+    in_range("COUNT", count, 1, 1 << 40)
     if sort not in SORT_KEYS:
         raise BadInput(f"unknown sort key {sort!r}", f"use one of {', '.join(SORT_KEYS)}")
     try:
@@ -69,26 +77,30 @@ def top_cmd(
         raise BadInput(f"--comm {comm!r} is not a regular expression ({exc})", "e.g. --comm 'qemu|kvm'")
     if once:
         count = 1
-    reader = StatsReader(pid=pid, spans=spans)
+    seconds = interval / 1e9
+    pids = set(pid or ())
+    reader = StatsReader(pid=next(iter(pids)) if len(pids) == 1 else 0, spans=spans)
     stop = threading.Event()
     # Explicit handlers: a shell starting top in the background leaves SIGINT ignored, not KeyboardInterrupt.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     state = {"sort": sort}
     missing = reader.features.unavailable()
-    view = None if as_json else _LiveView(state, interval)
+    view = None if as_json else _LiveView(state, seconds)
     prev = reader.read()
-    print(f"tdptrace top: watching {len(reader.features.attached)} probe points, {interval:g}s intervals"
-          + (f"; not measured here: {', '.join(sorted(missing))}" if missing else ""), file=sys.stderr, flush=True)
+    not_here = f"; not measured here: {', '.join(sorted(missing))}" if missing else ""
+    print(f"tdptrace top: watching {len(reader.features.attached)} probe points, {fmt_duration(interval)} "
+          f"intervals{not_here}", file=sys.stderr, flush=True)
     n = 0
     try:
         if view is not None:
             view.start(stop)
         while count is None or n < count:
-            if stop.wait(max(0.0, prev.mono_ns / 1e9 + interval - time.monotonic_ns() / 1e9)) and not as_json:
+            if stop.wait(max(0.0, prev.mono_ns / 1e9 + seconds - time.monotonic_ns() / 1e9)) and not as_json:
                 break
             cur = reader.read()  # with --json, a signal still prints the partial interval: nothing is lost
             rows = [r for r in deltas(prev, cur) if (comm_re is None or comm_re.search(r.comm))
+                    and (not pids or r.vm in pids)
                     and (not active or _busy(r))]
             rows.sort(key=SORT_KEYS[state["sort"]], reverse=True)
             lost = {k: v - prev.lost.get(k, 0) for k, v in cur.lost.items()}

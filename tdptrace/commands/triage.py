@@ -2,7 +2,6 @@
 
 Exit status: 0 = no stretch without a yield above the threshold, 1 = risk found, 2 = cannot tell.
 """
-from __future__ import annotations
 
 import json
 from pathlib import Path
@@ -11,22 +10,28 @@ from typing import Annotated, Optional
 import typer
 
 from tdptrace.errors import BadInput
+from tdptrace.options import command, duration_option
 
 
 def register(app: typer.Typer) -> None:
-    app.command("triage")(triage_cmd)
+    command(app, "triage", "The on-call verdict: mmu_lock held too long without a yield?",
+            ("tdptrace triage host42.tdp", "verdict at the 10ms threshold, then the evidence"),
+            ("tdptrace triage host42.tdp -t 20ms --dmesg dmesg.txt --json",
+             "with the kernel log's stall reports lined up, as JSON"))(triage_cmd)
 
 
 def triage_cmd(
-    capture: Annotated[Path, typer.Argument(help="Capture directory (NAME.tdp).")],
-    threshold: Annotated[str, typer.Option("--threshold", "-t", help="Longest acceptable hold of mmu_lock "
-                                           "without a yield, e.g. 10ms, 500us.")] = "10ms",
-    dmesg: Annotated[Optional[str], typer.Option("--dmesg", help="Kernel log (dmesg or dmesg -T output) to line "
+    capture: Annotated[Path, typer.Argument(metavar="CAPTURE", help="Capture directory (NAME.tdp).")],
+    threshold: Annotated[int, duration_option("-t", "--threshold", help="Longest acceptable hold of mmu_lock "
+                                              "without a yield.", above_zero=True)] = "10ms",
+    dmesg: Annotated[Optional[str], typer.Option("--dmesg", metavar="FILE",
+                                                 help="Kernel log (dmesg or dmesg -T output) to line "
                                                  "up with the spans; - reads stdin.")] = None,
-    dmesg_tz: Annotated[Optional[str], typer.Option("--dmesg-tz", help="UTC offset of dmesg -T stamps "
+    dmesg_tz: Annotated[Optional[str], typer.Option("--dmesg-tz", metavar="OFFSET",
+                                                    help="UTC offset of dmesg -T stamps "
                                                     "(default: this machine's time zone), e.g. UTC, +01:00.")]
     = None,
-    top: Annotated[int, typer.Option("--top", help="How many of the longest stretches to show.")] = 5,
+    top: Annotated[int, typer.Option("--top", metavar="N", help="How many of the longest stretches to show.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print the triage as one JSON object.")] = False,
 ) -> None:
     """Verdict first, then the longest stretches without a yield, zap levels, retained tables, kernel log.
@@ -41,9 +46,7 @@ def triage_cmd(
         read_kernel_log,
     )
     from tdptrace.oncall.triage import triage
-    from tdptrace.units import parse_duration
-
-    threshold_ns = parse_duration(threshold)
+    threshold_ns = threshold
     if top < 1:
         raise BadInput(f"--top {top} must be at least 1", "give e.g. --top 5")
     tz = parse_utc_offset(dmesg_tz) if dmesg_tz else None

@@ -59,7 +59,7 @@ def simulate(spec: SimSpec, output: str | Path, overwrite: bool = False) -> tupl
                            phase_ns=spec.phase_ns)
     if spec.contention < 0 or spec.tick_ns <= 0 or spec.slice_ns <= 0 or spec.phase_ns < 0:
         raise BadInput("contention and phase must be >= 0, tick and slice positive",
-                       "check --contention, --tick-us, --slice-us, --phase-us")
+                       "check --contention, --tick, --slice, --phase")
     wl = spec.build()
     ident = Identity()
     res = Simulator(strat, costs, sched, spec.sptes, spec.phys_bits, ident).run(wl)

@@ -74,6 +74,16 @@ def test_unit_file_is_valid_and_listens_on_loopback(tmp_path):
     text = UNIT.read_text()
     exec_start = " ".join(ln.strip().rstrip("\\") for ln in text.split("ExecStart=", 1)[1].splitlines()[:2])
     assert "serve --listen 127.0.0.1:" in exec_start and "--record-dir /var/lib/tdptrace" in exec_start
+    import shlex
+
+    import typer
+
+    from tdptrace.cli import app
+
+    words = shlex.split(exec_start)
+    serve = typer.main.get_command(app).commands["serve"]
+    params = serve.make_context("serve", words[words.index("serve") + 1:]).params  # options of today's serve
+    assert params["retain_for"] == 48 * 3600 * 10**9 and params["interval"] == 10**9
     tool = shutil.which("systemd-analyze")
     if not tool:
         pytest.skip("systemd-analyze is not installed")

@@ -104,7 +104,9 @@ def test_screen_fits_80_columns():
 
 
 @pytest.mark.parametrize("args,msg", [(["top", "--sort", "bogus"], "unknown sort key 'bogus'"),
-                                      (["top", "0"], "interval 0.0 must be positive"),
+                                      (["top", "0"], "Invalid value for 'INTERVAL': '0' must be above zero"),
+                                      (["top", "1s", "0"], "COUNT 0 is out of range"),
+                                      (["top", "-p", "1,x"], "Invalid value for '-p' / '--pid': '1,x' is not a list"),
                                       (["top", "--comm", "("], "--comm '(' is not a regular expression")])
 def test_bad_arguments_are_one_line_errors(args, msg):
     out = subprocess.run(TDPTRACE + args, capture_output=True, text=True, cwd=REPO)

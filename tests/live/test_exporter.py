@@ -96,7 +96,7 @@ def _scrape(port: int) -> str:
 def test_exporter_counts_what_the_exercise_did_as_tracefs_saw_it():
     require_live()
     port = free_port()
-    serve = subprocess.Popen(TDPTRACE + ["serve", "--listen", f"127.0.0.1:{port}", "--interval", "0.2"],
+    serve = subprocess.Popen(TDPTRACE + ["serve", "--listen", f"127.0.0.1:{port}", "200ms"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         deadline = time.monotonic() + 60
@@ -224,7 +224,7 @@ def test_record_dir_rolls_complete_captures_with_the_exercise_in_them(tmp_path):
     require_live()
     port = free_port()
     serve = subprocess.Popen(TDPTRACE + ["serve", "--listen", f"127.0.0.1:{port}", "--record-dir", str(tmp_path),
-                                         "--roll-seconds", "10", "--duration", "30"],
+                                         "--roll", "10s", "--duration", "30s"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         import json

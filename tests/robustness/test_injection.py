@@ -45,7 +45,8 @@ def trace(tmp_path) -> Path:
     (["record", "-p", C_TEXT], "is not a list of process ids"),
     (["record", "-d", "1s; rm -rf /"], "is not a duration"),
     (["record", "--backend", "bcc;id"], "is unknown"),
-    (["record", "--stack-threshold", "1e400"], "out of range"),
+    (["record", "--stack-threshold", "1e400"], "is not a duration"),
+    (["record", "--stack-threshold", "2h"], "out of range"),
     (["top", "-s", "zaps;id"], "unknown sort key"),
     (["top", "-c", "([unclosed"], "is not a regular expression"),
     (["serve", "--listen", "127.0.0.1:9464;id"], "is not HOST:PORT"),
@@ -96,7 +97,7 @@ def test_record_ebpf_holds_no_user_text(tmp_path):
     and the values given do not appear anywhere."""
     marker = "INJECTED_MARKER"
     out = tmp_path / f'{marker}");system("id");/*.tdp'
-    p = subprocess.run(TDPTRACE + ["record", "--ebpf", "--sptes", "--stacks", "--stack-threshold", "2.5", "-p",
+    p = subprocess.run(TDPTRACE + ["record", "--ebpf", "--sptes", "--stacks", "--stack-threshold", "2.5ms", "-p",
                                    str(os.getpid()), "-o", str(out)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert marker not in p.stdout and "system(" not in p.stdout
