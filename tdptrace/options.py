@@ -37,8 +37,12 @@ def in_range(option: str, value: Optional[float], lo: float, hi: float, *, lo_op
         return
     ok = (lo < value if lo_open else lo <= value) and value <= hi  # False for NaN
     if not ok:
-        low = f"above {lo:g}" if lo_open else f"from {lo:g}"
-        raise BadInput(f"{option} {value} is out of range", f"give a number {low} to {hi:g}{unit}")
+        low = f"above {_num(lo)}" if lo_open else f"from {_num(lo)}"
+        raise BadInput(f"{option} {value} is out of range", f"give a number {low} to {_num(hi)}{unit}")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 # -- durations ------------------------------------------------------------------------------------------------
@@ -195,6 +199,18 @@ class Command(_PlainHelpFlag, TyperCommand):
             if rows:
                 with formatter.section(title):
                     formatter.write_dl(rows)
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        """'[OPTIONS] CAPTURE [INTERVAL] [COUNT]': required positionals bare, optional ones in brackets."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if p.param_type_name != "argument":
+                continue
+            name = p.metavar or p.name.upper()
+            if p.nargs != 1 and not name.endswith("..."):
+                name += "..."
+            pieces.append(name if p.required else f"[{name}]")
+        return pieces
 
     def invoke(self, ctx: Any) -> Any:
         from tdptrace import arrowmem

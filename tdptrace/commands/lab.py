@@ -43,8 +43,9 @@ def run_cmd(
                                                    "/rootfs (e.g. from `tdptrace lab rootfs`).")] = None,
     chroot_cmd: Annotated[Optional[str], typer.Option("--chroot-cmd", metavar="COMMAND",
                                                       help="Command run inside the BCC rootfs "
-                                                      "(built on first use) alongside the workload, e.g. "
-                                                      "'tdptrace record -o /share/out/bcc.tdp'.")] = None,
+                                                      "(built on first use) alongside the workload; it gets "
+                                                      "no usable SIGINT, so it must stop by itself (docs/lab.md, "
+                                                      "Hooks and SIGINT).")] = None,
     force: Annotated[bool, force_option("the results in an existing -o DIR (trace, capture, summary)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run record and summary as JSON.")] = False,
 ) -> None:
@@ -145,7 +146,7 @@ def probes_cmd(
 
 @command(lab_app, "rootfs", "Build the chroot with BCC for lab run --chroot-cmd.",
          ("tdptrace lab rootfs", "the chroot with BCC and the 6.1 lab kernel's headers"),
-         ("tdptrace lab run --chroot-cmd 'tdptrace record -o /share/out/bcc.tdp'", "then record with BCC in the guest"))
+         ("tdptrace lab rootfs -k 6.12 --json", "add the 6.12 kernel's headers; the directory as JSON"))
 def rootfs_cmd(
     kernel: Annotated[str, typer.Option("--kernel", "-k", metavar="KERNEL", help="Lab kernel whose headers to "
                                         "install.")] = "6.1",

@@ -156,11 +156,13 @@ def render_table(rows: list, snap: Any, lost: dict[str, int], missing: dict[str,
         t.add_column(c, justify="left" if c == "COMM" else "right", no_wrap=True)
     spans_ok = snap.features.spans
     ret_ok = "retained" not in missing
+    zaps_ok = "zaps" not in missing  # shadow MMU: no SPTE zaps are traced, so "-" rather than a made-up 0
     for r in rows:
         sec = r.seconds or 1.0
         lvl = [(r.zap_leaf[i] + r.zap_nonleaf[i]) / sec for i in range(1, 6)]
         na = "-"
-        t.add_row(str(r.vm), r.comm[:10], _num(lvl[0]), _num(lvl[1]), _num(sum(lvl[2:])),
+        zaps = (_num(lvl[0]), _num(lvl[1]), _num(sum(lvl[2:]))) if zaps_ok else (na, na, na)
+        t.add_row(str(r.vm), r.comm[:10], *zaps,
                   _num(r.pt_alloc.sum() / sec), _num(r.pt_free.sum() / sec), str(r.zap_all_fast),
                   str(r.spans) if spans_ok else na, str(r.yields) if spans_ok else na,
                   _us(r.max_gap_ns) if spans_ok else na, _us(r.max_gap_since_start_ns) if spans_ok else na,

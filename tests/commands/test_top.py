@@ -111,3 +111,17 @@ def test_screen_fits_80_columns():
 def test_bad_arguments_are_one_line_errors(args, msg):
     out = subprocess.run(TDPTRACE + args, capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2 and out.stderr.startswith(f"tdptrace: error: {msg}"), out.stderr
+
+
+def test_what_the_host_cannot_measure_shows_as_a_dash_not_zero():
+    """On a shadow-MMU host (tdp_mmu=N) SPTE zaps are not traced: the zap columns say '-', page tables count."""
+    from rich.console import Console
+
+    from tdptrace.commands.top import render_table
+
+    a, b = _snap(0, 0, 0, 0), _snap(1_000_000_000, 0, 4000, 0)
+    missing = {"zaps": "kvm.tdp_mmu=N", "retained": "kvm.tdp_mmu=N", "spans": "no kprobes"}
+    con = Console(width=80, record=True, file=open("/dev/null", "w"))
+    con.print(render_table(interval(a, b), b, {"vm_map_full": 0}, missing, "zaps"))
+    (row,) = [ln.split() for ln in con.export_text().splitlines() if "qemu" in ln]
+    assert row[2:5] == ["-", "-", "-"] and row[5] == "4000" and row[-1] == "-", row
