@@ -14,8 +14,8 @@ import sys
 import typer
 
 from tdptrace import __version__
+from tdptrace.commands import Command, Group
 from tdptrace.errors import TdpError, one_line
-from tdptrace.options import Command, Group
 
 app = typer.Typer(
     name="tdptrace",
