@@ -152,7 +152,7 @@ def test_plot_into_another_users_directory_is_refused(shared, capture, tmp_path,
             os.symlink(tmp_path / "victim" / "precious-0", figs / f"{name}.png")
 
     as_other_user(plant)
-    _refused(["plot", str(capture), "-o", str(figs)], capsys, str(figs), "owned by uid")
+    _refused(["plot", str(capture), "-o", str(figs), "--force"], capsys, str(figs), "owned by uid")
     assert untouched(files)
 
 
@@ -161,7 +161,8 @@ def test_plot_replaces_a_link_in_its_own_directory_instead_of_writing_through_it
     figs = tmp_path / "figs"
     figs.mkdir(mode=0o700)
     os.symlink(tmp_path / "victim" / "precious-0", figs / "zaps_by_level.png")
-    assert main(["plot", str(capture), "-o", str(figs)]) == 0
+    assert main(["plot", str(capture), "-o", str(figs)]) == 2  # something is there: --force to replace
+    assert main(["plot", str(capture), "-o", str(figs), "--force"]) == 0
     assert untouched(files)
     png = figs / "zaps_by_level.png"
     assert not png.is_symlink() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -201,7 +202,9 @@ def test_report_over_a_planted_link_replaces_the_link(shared, capture, tmp_path)
     files = victim(tmp_path / "victim")
     out = shared / "r.html"
     as_other_user(lambda: os.symlink(tmp_path / "victim" / "precious-2", out))
-    assert main(["report", str(capture), "-o", str(out)]) == 0
+    assert main(["report", str(capture), "-o", str(out)]) == 2  # something is there: --force to replace
+    assert untouched(files) and out.is_symlink()
+    assert main(["report", str(capture), "-o", str(out), "--force"]) == 0
     assert untouched(files) and not out.is_symlink()
 
 
@@ -292,7 +295,7 @@ def test_serve_with_a_link_in_the_record_dir_exits_cleanly(tmp_path):
     elsewhere = _old_capture(tmp_path / "elsewhere.tdp", 99 * 3600)
     os.symlink(elsewhere, rec / "old-link.tdp")
     p = subprocess.run(TDPTRACE + ["serve", "--listen", f"127.0.0.1:{free_port()}", "--record-dir", str(rec),
-                                   "--roll-seconds", "2", "--duration", "5"], capture_output=True, text=True,
+                                   "--roll", "2s", "--duration", "5s"], capture_output=True, text=True,
                        timeout=120)
     assert "Traceback" not in p.stderr, p.stderr
     if p.returncode != 0 and "error:" in p.stderr and ("bcc" in p.stderr or "root" in p.stderr):
