@@ -54,10 +54,12 @@ def serve_cmd(
     output is the /metrics page.
     """
     from tdptrace.live.exporter import Poller, StatsCollector, parse_listen, start_http
-    from tdptrace.live.stats import StatsReader, probes_dir
+    from tdptrace.live.stats import StatsReader
 
     if ebpf:
-        typer.echo((probes_dir() / "stats.bpf.c").read_text())
+        from tdptrace.live.stats import stats_program_text
+
+        typer.echo(stats_program_text(spans=spans))
         return
     host, port = parse_listen(listen)
     from tdptrace.options import in_range

@@ -60,11 +60,13 @@ def top_cmd(
 
     Counts are aggregated in the kernel and read once per interval (no per-event streaming), like kvm_stat.
     """
-    from tdptrace.live.stats import StatsReader, probes_dir
+    from tdptrace.live.stats import StatsReader
     from tdptrace.live.stats import interval as deltas
 
     if ebpf:
-        typer.echo((probes_dir() / "stats.bpf.c").read_text())
+        from tdptrace.live.stats import stats_program_text
+
+        typer.echo(stats_program_text(spans=spans))
         return
     from tdptrace.options import in_range
 

@@ -145,7 +145,7 @@ class CaptureRoller:
         self.directory = Path(self.directory)
         open_record_dir(self.directory).close()  # one line now (missing, a file, not ours) instead of later
         if self.retain_hours <= 0 or self.retain_bytes <= 0:
-            raise BadInput("--retain-hours and --retain-mib must be positive", "e.g. --retain-hours 48")
+            raise BadInput("--retain-for and --retain-mib must be positive", "e.g. --retain-for 48h")
         self._halt = threading.Event()
         self._running: list[_Child] = []
         self._thread = threading.Thread(target=self._run, name="tdptrace-roller", daemon=True)

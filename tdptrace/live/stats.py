@@ -164,31 +164,58 @@ def stats_defines(encoding: Encoding, spans: bool, tdp_tracepoint: bool, pid: in
             "TDP_MAX_TABLES": int(max_tables), "TDP_MAX_TASKS": int(max_tasks)}
 
 
+@dataclass
+class StatsPlan:
+    """What the statistics program is compiled with on this host, decided without loading anything."""
+
+    release: str
+    encoding: Encoding
+    defines: dict[str, int]
+    spans: bool
+    spans_reason: str
+    tdp_tracepoint: bool
+    span_symbols: list[str]
+    yield_symbols: list[str]
+
+
+def plan_stats(pid: int = 0, spans: bool = True, max_vms: int = 1024, max_tables: int = 65536,
+               release: Optional[str] = None) -> StatsPlan:
+    """Settings and attach points for probes/stats.bpf.c on the running kernel (tracefs must be mounted)."""
+    tf = tracefs()
+    release = release or os.uname().release
+    enc = encoding_for_release(release) or Encoding.PRESENT_BIT
+    tdp_tp = (tf / "events" / "kvmmmu" / "kvm_tdp_mmu_spte_changed").is_dir()
+    ok, reason = kprobes_supported(tf) if spans else (False, "span probes disabled (--no-spans)")
+    span_syms: list[str] = []
+    yield_syms: list[str] = []
+    if ok:
+        syms = read_text_symbols()
+        span_syms, yield_syms = resolve(ZAP_LOOPS, syms), resolve(YIELD_FUNCTIONS, syms)
+        if not span_syms:
+            ok, reason = False, "none of the TDP MMU zap loops (" + ", ".join(ZAP_LOOPS) + \
+                                ") is in /proc/kallsyms (TDP MMU not built or inlined)"
+    defines = stats_defines(enc, spans=ok, tdp_tracepoint=tdp_tp, pid=pid, max_vms=max_vms, max_tables=max_tables)
+    return StatsPlan(release, enc, defines, ok, reason, tdp_tp, span_syms, yield_syms)
+
+
+def stats_program_text(pid: int = 0, spans: bool = True) -> str:
+    """The statistics program exactly as it would be compiled here, settings included (`top/serve --ebpf`)."""
+    return program_text(PROGRAM, plan_stats(pid, spans).defines)
+
+
 class StatsReader:
     """Loads probes/stats.bpf.c and reads its maps. Not thread-safe: one reader thread per instance."""
 
     def __init__(self, pid: int = 0, spans: bool = True, max_vms: int = 1024, max_tables: int = 65536,
                  forget_after_s: float = 300.0, release: Optional[str] = None) -> None:
-        tf = preflight()
-        release = release or os.uname().release
-        enc = encoding_for_release(release) or Encoding.PRESENT_BIT
-        self.release = release
-        self.encoding = enc
+        preflight()
         self.forget_after_s = forget_after_s
         self._gone_since: dict[int, float] = {}
         self._comms: dict[int, str] = {}
-        tdp_tp = (tf / "events" / "kvmmmu" / "kvm_tdp_mmu_spte_changed").is_dir()
-        ok, reason = kprobes_supported(tf) if spans else (False, "span probes disabled (--no-spans)")
-        span_syms: list[str] = []
-        yield_syms: list[str] = []
-        if ok:
-            syms = read_text_symbols()
-            span_syms, yield_syms = resolve(ZAP_LOOPS, syms), resolve(YIELD_FUNCTIONS, syms)
-            if not span_syms:
-                ok, reason = False, "none of the TDP MMU zap loops (" + ", ".join(ZAP_LOOPS) + \
-                                    ") is in /proc/kallsyms (TDP MMU not built or inlined)"
-        self.defines = stats_defines(enc, spans=ok, tdp_tracepoint=tdp_tp, pid=pid, max_vms=max_vms,
-                                     max_tables=max_tables)
+        plan = plan_stats(pid, spans, max_vms, max_tables, release)
+        self.release, self.encoding, self.defines = plan.release, plan.encoding, plan.defines
+        ok, reason, tdp_tp = plan.spans, plan.spans_reason, plan.tdp_tracepoint
+        span_syms, yield_syms = plan.span_symbols, plan.yield_symbols
         self.cflags = cflags(self.defines)
         try:
             from bcc import BPF
@@ -349,6 +376,9 @@ class VmInterval:
                        "page_tables_freed": int(t.get("pt_free").sum()),
                        "zap_all_fast": t.scalar("zap_all_fast")},
         }
+        if "zaps" in features.unavailable():  # a figure the host cannot trace is null, never a made-up 0
+            out.update(zaps=None, zaps_per_s=None)
+            out["totals"]["zaps"] = None
         if features.spans:
             out.update(spans=self.spans, yields=self.yields, max_gap_ns=self.max_gap_ns or None,
                        max_gap_since_start_ns=self.max_gap_since_start_ns or None)

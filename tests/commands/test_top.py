@@ -5,6 +5,7 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +49,8 @@ def test_top_once_json_reports_the_exercise_and_p_filters_in_the_kernel():
     assert obj["lost_events"]["interval"] == {"vm_map_full": 0, "table_map_full": 0, "task_map_full": 0}
     if "spans" in obj["unavailable"]:
         assert vm["spans"] is None and vm["max_gap_ns"] is None  # never a made-up 0
+    if "zaps" in obj["unavailable"]:  # this host's shadow MMU: SPTE zaps are not traced
+        assert vm["zaps"] is None and vm["zaps_per_s"] is None and vm["totals"]["zaps"] is None
     assert [v for v in json.loads(out_other)["vms"] if v["pid"] == report["pid"]] == []
 
 
@@ -88,6 +91,10 @@ def test_interval_deltas_and_negative_retained_steps():
     d = r.to_dict(b.features)
     assert d["zaps"] == {"1": {"leaf": 600, "nonleaf": 0}} and d["zaps_per_s"]["1"]["leaf"] == 300.0
     assert d["spans"] is None and d["retained_nonleaf"] == {"total": 1, "by_level": {"1": 1}}
+    shadow = Features(spans=False, spans_reason="none", tdp_tracepoint=True, tdp_mmu=False)
+    s = r.to_dict(shadow)
+    assert s["zaps"] is None and s["zaps_per_s"] is None and s["totals"]["zaps"] is None
+    assert s["page_tables"]["allocated"] == 4 and s["retained_nonleaf"] is None
 
 
 def test_screen_fits_80_columns():
@@ -125,3 +132,17 @@ def test_what_the_host_cannot_measure_shows_as_a_dash_not_zero():
     con.print(render_table(interval(a, b), b, {"vm_map_full": 0}, missing, "zaps"))
     (row,) = [ln.split() for ln in con.export_text().splitlines() if "qemu" in ln]
     assert row[2:5] == ["-", "-", "-"] and row[5] == "4000" and row[-1] == "-", row
+
+
+@pytest.mark.parametrize("command", ["top", "serve"])
+def test_ebpf_prints_the_program_as_compiled_here(command, capsys):
+    """--ebpf prints the settings this host gives, then every header spliced in: what BCC would compile."""
+    if not Path("/sys/kernel/tracing/events").is_dir():
+        pytest.skip("tracefs is not mounted here")
+    from tdptrace.cli import main
+
+    assert main([command, "--ebpf", "--no-spans"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("#define TDP_PRESENT_BIT ") and "#define TDP_WITH_SPANS 0\n" in text
+    assert '#line 1 "stats.h"' in text and "struct vm_stats" in text and '#include "stats.h"' not in text
+    assert text.count("TRACEPOINT_PROBE(kvmmmu, kvm_mmu_get_page)") == 1
