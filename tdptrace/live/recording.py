@@ -13,6 +13,7 @@ from typing import Any, Callable, Protocol
 
 from tdptrace.capture import CaptureMeta, default_host
 from tdptrace.errors import BadInput
+from tdptrace.live.host_limits import host_limits
 
 
 @dataclass
@@ -86,7 +87,7 @@ def live_meta(kind: str, options: RecordOptions, release: str, extra_source: dic
         | extra_source,
         kernel={"release": release, "version": os.uname().version},
         kvm=kvm_params(),
-        host=default_host(),
+        host=default_host() | {"limits": host_limits()},
         clock={"name": "CLOCK_MONOTONIC", "unit": "ns",
                "anchor": {"monotonic_ns": mono, "realtime_ns": real}},
     )
