@@ -108,6 +108,23 @@ LOST = pa.schema([
     pa.field("count", pa.int64(), nullable=False),
 ])
 
+# Waiters (record --waiters): one row per wait. kind "lock": a lock:contention_begin .. contention_end pair of
+# one task (5.19+), lock = the keyed hash of the lock's address (a VM's mmu_lock is its struct kvm, so the
+# hash equals spans.vm and yields.lock), mode "read"/"write" for rwlocks (flags SPIN|READ, SPIN|WRITE).
+# kind "fault": kvm:kvm_page_fault .. the same vCPU thread's next kvm:kvm_entry, vcpu = its vcpu_id.
+# ts = start of the wait; end_ts/wait_ns null when it had not ended when the capture did.
+WAITS = pa.schema(COMMON + [
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("end_ts", pa.int64()),
+    pa.field("wait_ns", pa.int64()),
+    pa.field("lock", pa.string()),
+    pa.field("mode", pa.string()),
+    pa.field("flags", pa.int32()),
+    pa.field("vcpu", pa.int32()),
+    pa.field("address", pa.uint64()),
+    pa.field("error_code", pa.uint64()),
+])
+
 # Kernel stacks kept with --stacks: one row per frame, stack_id matches spans.stack_id.
 STACKS = pa.schema([
     pa.field("stack_id", pa.int64(), nullable=False),
@@ -123,4 +140,5 @@ TABLES: dict[str, pa.Schema] = {
     "markers": MARKERS,
     "lost": LOST,
     "stacks": STACKS,
+    "waits": WAITS,
 }
