@@ -27,11 +27,18 @@ def report_cmd(
                                                  "spans; - = stdin.")] = None,
     dmesg_tz: Annotated[Optional[str], typer.Option("--dmesg-tz", metavar="OFFSET", help="UTC offset of dmesg -T "
                                                     "stamps.")] = None,
+    limits: Annotated[Optional[str], typer.Option("--limits", metavar="KEY=VALUE[,...]", help="The host's limits "
+                                                  "where the capture has none (imports): "
+                                                  "rcu_cpu_stall_timeout=S,watchdog_thresh=S,hz=N.")] = None,
+    guest_size: Annotated[Optional[str], typer.Option("--guest-size", metavar="SIZE", help="Also model each hold "
+                                                      "on a guest of this size (simulator), e.g. 512G.")] = None,
     force: Annotated[bool, force_option("the file at -o")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the file written as one JSON object.")] = False,
 ) -> None:
     """Write the triage verdict, summary tables and plots into one HTML file that needs no network."""
     import tdptrace
+    from tdptrace.metrics.limits import parse_given
+    from tdptrace.oncall.extrapolate import parse_guest_size
     from tdptrace.oncall.kernel_log import (
         parse_dmesg,
         parse_utc_offset,
@@ -44,9 +51,12 @@ def report_cmd(
     refuse_existing([output], force)
     if not output.parent.exists():
         raise BadInput(f"directory {output.parent} does not exist", "create it first or choose another -o")
+    given = parse_given(limits)
+    if guest_size is not None:
+        parse_guest_size(guest_size)
     tz = parse_utc_offset(dmesg_tz) if dmesg_tz else None
     reports = parse_dmesg(read_kernel_log(dmesg), tz=tz) if dmesg is not None else None
-    text = render_html(tdptrace.open(capture), threshold_ns, reports)
+    text = render_html(tdptrace.open(capture), threshold_ns, reports, limits=given, guest_size=guest_size)
     from tdptrace.outputs import write_file
 
     write_file(output, text.encode("utf-8"))

@@ -32,6 +32,11 @@ def triage_cmd(
                                                     "(default: this machine's time zone), e.g. UTC, +01:00.")]
     = None,
     top: Annotated[int, typer.Option("--top", metavar="N", help="How many of the longest stretches to show.")] = 5,
+    limits: Annotated[Optional[str], typer.Option("--limits", metavar="KEY=VALUE[,...]", help="The host's limits "
+                                                  "where the capture has none (imports): "
+                                                  "rcu_cpu_stall_timeout=S,watchdog_thresh=S,hz=N.")] = None,
+    guest_size: Annotated[Optional[str], typer.Option("--guest-size", metavar="SIZE", help="Also model each hold "
+                                                      "on a guest of this size (simulator), e.g. 512G.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the triage as one JSON object.")] = False,
 ) -> None:
     """Verdict first, then the longest stretches without a yield, zap levels, retained tables, kernel log.
@@ -40,6 +45,8 @@ def triage_cmd(
     stall report during a zap), 2 = cannot tell (bad input, or a capture without zap spans).
     """
     import tdptrace
+    from tdptrace.metrics.limits import parse_given, resolve
+    from tdptrace.oncall.extrapolate import parse_guest_size
     from tdptrace.oncall.kernel_log import (
         parse_dmesg,
         parse_utc_offset,
@@ -49,10 +56,14 @@ def triage_cmd(
     threshold_ns = threshold
     if top < 1:
         raise BadInput(f"--top {top} must be at least 1", "give e.g. --top 5")
+    given = parse_given(limits)
+    if guest_size is not None:
+        parse_guest_size(guest_size)
     tz = parse_utc_offset(dmesg_tz) if dmesg_tz else None
-    reports = parse_dmesg(read_kernel_log(dmesg), tz=tz) if dmesg is not None else None
     cap = tdptrace.open(capture)
-    t = triage(cap, threshold_ns, reports, top=top)
+    hz = resolve((cap.meta.host or {}).get("limits"), given).hz
+    reports = parse_dmesg(read_kernel_log(dmesg), tz=tz, **({"hz": hz} if hz else {})) if dmesg is not None else None
+    t = triage(cap, threshold_ns, reports, top=top, limits=given, guest_size=guest_size)
     if as_json:
         d = t.to_dict()
         d["capture"] = str(capture)

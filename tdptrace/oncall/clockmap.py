@@ -29,14 +29,16 @@ class ClockMap:
         clock = clock or {}
         name = str(clock.get("name") or "unknown")
         anchor = clock.get("anchor") or {}
-        uptime = 0 if name in _BOOT_BASED or name.startswith("trace") else None
+        # Live captures name it "CLOCK_MONOTONIC" (the ftrace backend adds how it was printed in brackets).
+        base = name.split(" (", 1)[0].strip().lower().removeprefix("clock_")
+        uptime = 0 if base in _BOOT_BASED or name.startswith("trace") else None
         wall = None
         if "realtime_ns" in anchor:
             base = next((anchor[k] for k in ("monotonic_ns", "boot_ns", "capture_ns", "ts_ns") if k in anchor), None)
             if base is not None:
                 wall = int(base) - int(anchor["realtime_ns"])
         notes = []
-        if name == "boot":
+        if base in ("boot", "boottime"):
             notes.append("capture clock is CLOCK_BOOTTIME: printk stamps differ from it by any time spent suspended")
         if uptime is None:
             notes.append(f"capture clock '{name}' has no known relation to printk stamps")
@@ -44,6 +46,23 @@ class ClockMap:
             notes.append("capture has no wall-clock anchor: dmesg -T / iso stamps cannot be placed "
                          "(use plain dmesg, whose [seconds] stamps share the trace clock)")
         return cls(name, uptime, wall, "; ".join(notes))
+
+    def describe(self) -> dict[str, Any]:
+        """The one time base every output uses (the capture clock, in seconds) and how kernel log stamps map
+        onto it, said once."""
+        if self.uptime_offset_ns == 0:
+            text = (f"times are seconds on the capture clock ({self.name}), the clock of the kernel log's "
+                    "[seconds] stamps: a dmesg line at [T] is at T s here")
+        elif self.uptime_offset_ns is not None:
+            text = (f"times are seconds on the capture clock ({self.name}); a dmesg line at [T] is at "
+                    f"T {self.uptime_offset_ns / 1e9:+.6f} s here")
+        else:
+            text = f"times are seconds on the capture clock ({self.name}); dmesg [seconds] stamps cannot be mapped"
+        if self.wall_offset_ns is not None:
+            text += (f"; wall-clock stamps (dmesg -T) map through the recorded anchor: capture = wall "
+                     f"{self.wall_offset_ns / 1e9:+.6f} s")
+        return {"clock": self.name, "unit": "s", "dmesg_offset_ns": self.uptime_offset_ns,
+                "wall_offset_ns": self.wall_offset_ns, "text": text}
 
     def to_capture_ns(self, uptime_ns: int | None, wall_ns: int | None) -> int | None:
         """The capture-clock time of a log line from its uptime stamp (preferred) or wall-clock stamp."""

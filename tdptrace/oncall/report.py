@@ -30,7 +30,7 @@ table{border-collapse:collapse;font-size:.88em;margin:8px 0}
 th,td{border:1px solid #ddd;padding:4px 8px;vertical-align:top}th{background:#f4f4f4;text-align:left}
 td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td:nth-child(3),td:nth-child(7),td:nth-child(9){white-space:nowrap}
-tr.above td{background:#fdf2f0}
+tr.above td{background:#fdf2f0}tr.away td{background:#f6f6f6;color:#555}
 code{font-size:.95em}.fn{font-family:monospace}
 figure{margin:16px 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{color:#555;font-size:.9em}
@@ -70,7 +70,32 @@ def _verdict_html(t: Triage | None, why: str | None) -> str:
     return f'<div class="verdict {cls}">{_e(t.verdict)}{log}</div>'
 
 
+def _lock_html(s) -> str:
+    if s.kind != "hold":
+        return '<span class="note">not a hold: includes time away in the yield</span>'
+    mode = _e(s.lock_mode or "unknown")
+    lim = (s.limits or {}).get("rcu_stall") or {}
+    share = f"<br>{lim['share']:.2%} of the {_e(fmt_ns(lim['limit_ns']))} RCU stall timeout" \
+        if lim.get("limit_ns") else ""
+    return f"<b>{mode}</b> ({_e(s.lock_mode_source)})<br>{_e(s.blocks)}{share}"
+
+
+def _next_html(s) -> str:
+    items = []
+    for a in s.actions:
+        cmd = f"<br><code>{_e(a['command'])}</code>" if a.get("command") else ""
+        items.append(f"<li>{_e(a['kind'])}: {_e(a['text'])}{cmd}</li>")
+    e = s.extrapolation
+    if e and "unavailable" not in e:
+        items.append(f"<li>on a {_e(e['guest_size'])} guest ({_e(e['label'])}): {_e(e['scenario'])} under "
+                     f"{_e(e['strategy'])} lasts {_e(fmt_ns(e['duration_ns']))}, longest hold "
+                     f"{_e(fmt_ns(e['max_hold_ns']))}; idle CPU {_e(fmt_ns(e['idle_max_hold_ns']))}</li>")
+    return f"<ul>{''.join(items)}</ul>" if items else "-"
+
+
 def _stretches_html(t: Triage) -> str:
+    from tdptrace.oncall.triage_text import waiters_text
+
     rows, classes = [], []
     for i, s in enumerate(t.stretches, 1):
         held = ("&ge; " if s.lower_bound else "") + _e(fmt_ns(s.gap_ns))
@@ -85,39 +110,45 @@ def _stretches_html(t: Triage) -> str:
             zapped += f"; {s.page_tables_freed:,} tables freed"
         if s.note:
             zapped += f'<br><span class="note">{_e(s.note)}</span>'
+        wt = waiters_text(s.waiters)
+        if wt:
+            zapped += f"<br>waiters: {_e(wt)}"
         yl = f"{s.span_yields} yield" + ("" if s.span_yields == 1 else "s")
-        rows.append([str(i), held, _e(s.ends_at), what, task, path + f"<br>({_e(s.path_source)})", rng, zapped,
-                     f"span {s.span_id}<br>{_e(fmt_ns(s.span_duration_ns))}<br>{yl}"])
-        classes.append("above" if s.above_threshold else "")
-    return _table(["#", "held", "ends at", "zap", "task", "caller path", "gfn range", "zapped in the stretch",
-                   "span"], rows, numeric={0, 1}, row_class=classes)
+        rows.append([str(i), held + f"<br>from {s.start_ns / 1e9:.6f} s", _e(s.ends_at), what, _lock_html(s), task,
+                     path + f"<br>({_e(s.path_source)})", rng, zapped,
+                     f"span {s.span_id}<br>{_e(fmt_ns(s.span_duration_ns))}<br>{yl}", _next_html(s)])
+        classes.append("above" if s.above_threshold else "away" if s.kind != "hold" else "")
+    return _table(["#", "held", "ends at", "zap", "lock", "task", "caller path", "gfn range",
+                   "zapped in the stretch", "span", "next"], rows, numeric={0, 1}, row_class=classes)
 
 
 def _reports_html(t: Triage) -> str:
     if not t.kernel_reports:
         return "<p>No RCU stall, soft/hard lockup or hung task reports in the kernel log.</p>"
-    rows = [[str(m.line_no), _e(m.log_time), "-" if m.capture_ns is None else f"{m.capture_ns / 1e9:.6f} s",
-             _e(m.kind.replace("_", " ")), f"<code>{_e(m.text)}</code>", _e(m.explanation)] for m in t.kernel_reports]
-    return _table(["line", "log time", "capture time", "kind", "text", "lined up with"], rows, numeric={0})
+    rows = [[str(m.line_no), _e(m.log_time), "-" if m.capture_ns is None else f"{m.capture_ns / 1e9:.6f}",
+             _e(m.kind.replace("_", " ")), f"<code>{_e(m.text)}</code>",
+             "yes" if m.consistent else "<b>no</b>", _e(m.explanation)] for m in t.kernel_reports]
+    classes = ["" if m.consistent else "above" for m in t.kernel_reports]
+    return _table(["line", "log time", "time (s)", "kind", "text", "explained", "lined up with"], rows,
+                  numeric={0, 2}, row_class=classes)
 
 
 def _spans_html(summary: dict[str, Any], threshold_ns: int) -> str:
     spans = summary["spans"]
     if not spans:
         return f"<p>{_e(summary.get('spans_unavailable', 'no zap spans'))}</p>"
-    t0 = spans[0]["start_ns"]
     rows, classes = [], []
     for i, sp in enumerate(spans[:MAX_SPAN_ROWS]):
         name = "&nbsp;&nbsp;" * sp["depth"] + f'<span class="fn">{_e(sp["function"])}</span>'
         caller = _e(sp["caller"] or "-")
-        rows.append([str(i), name, f"{(sp['start_ns'] - t0) / 1e9:.6f}", _e(fmt_ns(sp["duration_ns"])),
+        rows.append([str(i), name, f"{sp['start_ns'] / 1e9:.6f}", _e(fmt_ns(sp["duration_ns"])),
                      str(sp["yields"]), _e(fmt_ns(sp["max_gap_ns"])),
                      "-" if sp["retained_nonleaf_after"] is None else str(sp["retained_nonleaf_after"]),
                      _e(_zaps_text(sp["zaps_by_level"])), caller])
         classes.append("above" if (sp["max_gap_ns"] or 0) > threshold_ns else "")
     more = (f"<p>{len(spans) - MAX_SPAN_ROWS} more spans not shown (tdptrace summary --json lists all).</p>"
             if len(spans) > MAX_SPAN_ROWS else "")
-    return _table(["#", "function", "start s (from first)", "duration", "yields", "max gap", "retained after",
+    return _table(["#", "function", "start (s)", "duration", "yields", "max gap", "retained after",
                    "zapped", "caller"], rows, numeric={0, 2, 3, 4, 5, 6}, row_class=classes) + more
 
 
@@ -154,11 +185,12 @@ def _figures_html(cap: Capture, threshold_ns: int) -> str:
     return "".join(out)
 
 
-def render_html(cap: Capture, threshold_ns: int, reports: list[KernelReport] | None = None) -> str:
+def render_html(cap: Capture, threshold_ns: int, reports: list[KernelReport] | None = None,
+                limits: dict[str, int] | None = None, guest_size: str | None = None) -> str:
     """The whole report as one HTML string."""
     summary = summarize(cap)
     try:
-        t: Triage | None = triage(cap, threshold_ns, reports)
+        t: Triage | None = triage(cap, threshold_ns, reports, limits=limits, guest_size=guest_size)
         why = None
     except MissingEvents as exc:
         t, why = None, exc.message
@@ -171,6 +203,14 @@ def render_html(cap: Capture, threshold_ns: int, reports: list[KernelReport] | N
             f"lost events {summary['lost_events']}, threshold {_e(fmt_ns(threshold_ns))}</div>")
     parts = [head, _verdict_html(t, why)]
     if t is not None:
+        from tdptrace.oncall.triage_text import limits_text, waiters_text
+
+        era = (f"<br>Kernel {_e(t.kernel)} ({_e(t.era['era'])}): {_e(t.era['root_teardown'])}; "
+               f"{_e(t.era['range_zap'])}." if t.era else "")
+        waiters = (f"<br>Waiters: {_e(waiters_text(t.waiters.get('all')) or 'none')}" if t.waiters is not None
+                   else "<br>Waiters: not recorded (record with --waiters to see who was blocked)")
+        parts.append(f"<p class='meta'>Time base: {_e(t.time_base.get('text', ''))}; every time below and in the "
+                     f"figures is on it.<br>{_e(limits_text(t.limits))}{era}{waiters}</p>")
         parts += ["<h2>Longest stretches holding mmu_lock without a yield</h2>", _stretches_html(t)]
         if reports is not None:
             parts += ["<h2>Kernel log</h2>", _reports_html(t)]

@@ -33,8 +33,13 @@ def hog_report(reference_captures, tmp_path_factory):
 
 def test_report_holds_verdict_tables_and_four_figures(hog_report):
     text = hog_report.read_text()
-    assert '<div class="verdict risk">RISK: KVM held mmu_lock for 99.7 ms' in text
+    assert '<div class="verdict risk">RISK: KVM held mmu_lock in read mode for 99.7 ms' in text
     assert "<h2>Zaps by level</h2>" in text and "196,100" in text
+    # one time base: the capture clock, the same as the kernel log's [seconds], in the tables too
+    assert "Time base: times are seconds on the capture clock" in text
+    assert "from 24.541214 s" in text and "<td class=\"n\">24.541214</td>" in text
+    assert "<b>read</b> (yield function)" in text and "<b>write</b> (yield function)" in text
+    assert '<tr class="away">' in text and "not a hold: includes time away in the yield" in text
     assert "<h2>Zap spans (5)</h2>" in text
     assert "kvm_tdp_mmu_zap_invalidated_roots+0x87/0xf0" in text
     pngs = embedded_pngs(text)
@@ -72,6 +77,8 @@ def test_report_with_dmesg_lines_up_the_stall(reference_captures, tmp_path):
     assert main(["report", str(reference_captures["k61-512m-hog"]), "-o", str(out), "--dmesg", str(log)]) == 0
     text = out.read_text()
     assert "<h2>Kernel log</h2>" in text and "printed while span 1 __tdp_mmu_zap_root was running" in text
+    # no stall length in the line and no recorded limit: the capture cannot explain it, and says why
+    assert "This capture cannot explain the rcu stall" in text and "<b>no</b>" in text
 
 
 def test_report_into_a_directory_is_refused(reference_captures, tmp_path, capsys):

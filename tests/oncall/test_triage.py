@@ -34,9 +34,14 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
 def test_hog_capture_is_a_risk_and_names_the_teardown_span(reference_captures, capsys):
     rc, out, err = run(capsys, "triage", str(reference_captures["k61-512m-hog"]))
     assert rc == 1, err
-    first = out.splitlines()[0]
-    assert first.startswith("RISK:") and "99.7 ms" in first and "__tdp_mmu_zap_root (span 1" in first
-    assert "1. 99.7 ms holding mmu_lock without a yield (ends at yield)  ABOVE THRESHOLD" in out
+    verdict = " ".join(out.split("\n\n")[0].split())
+    assert verdict.startswith("RISK: KVM held mmu_lock in read mode for 99.7 ms without offering to yield in "
+                              "__tdp_mmu_zap_root (span 1")
+    assert "1. 99.7 ms holding mmu_lock for read without a yield (ends at yield)  ABOVE THRESHOLD" in out
+    # the stretch after the read yield (its return was not traced) is listed apart, never above the threshold
+    away = out[out.index("Stretches that include time away"):]
+    assert "95.6 ms without a yield, including time away in the yield (not a hold) (ends at return)\n" in away
+    assert "Time base: times are seconds on the capture clock" in out
     assert "kvm_tdp_mmu_zap_invalidated_roots -> __tdp_mmu_zap_root" in out
     assert "L1 130,564 leaf, L2 256 non-leaf, L3 1 non-leaf; 257 page tables freed" in out
     assert "4K leaf 99.9% (196,100)" in out
@@ -120,17 +125,104 @@ def test_dmesg_stall_lines_up_with_the_running_span(reference_captures, tmp_path
     assert "span 1 __tdp_mmu_zap_root was running, on the same task" in m["explanation"]
     assert m["stack_zap_functions"] == ["__tdp_mmu_zap_root"]
     assert d["dmesg_reports_found"] == 1
-    assert d["kernel_log_summary"].startswith("Kernel log line 2 (rcu stall) was printed while span 1")
+    # t=5251 jiffies at HZ=250: stuck 21.004 s, from 3.696 s - all inside the capture (3.54 .. 25.15 s), whose
+    # longest hold is 99.7 ms: a contradiction, said as such
+    assert m["consistent"] is False and m["covered"] is True
+    assert m["stuck_ns"] == 21_004_000_000 and m["longest_hold_ns"] == 99_724_000 and m["explained_by"] == []
+    assert m["explanation"].startswith("CONTRADICTION: the report says stuck for 21.00 s, but the longest hold of "
+                                       "mmu_lock in that time is 99.7 ms (span 1 __tdp_mmu_zap_root)")
+    assert d["contradictions"] == 1 and "is not explained by this capture" in d["verdict"]
+    assert d["kernel_log_summary"].startswith("Kernel log line 2 (rcu stall): CONTRADICTION")
+    # every stretch names its lock mode; the holds above the threshold say what to do next
+    modes = {(s["span_id"], s["kind"]): s["lock_mode"] for s in d["stretches"]}
+    assert modes[(1, "hold")] == "read" and modes[(1, "includes_away")] == "read" and modes[(0, "hold")] == "write"
+    s0 = d["stretches"][0]
+    assert s0["lock_mode_source"] == "yield function" and "vCPU faults of the TDP MMU go on" in s0["blocks"]
+    assert {a["kind"] for a in s0["actions"]} >= {"kernel", "command"}
+    assert any("four passes" in a["text"] for a in s0["actions"])
+    assert s0["limits"]["source"] == "unknown" and s0["limits"]["rcu_stall"]["limit_ns"] is None
+    # the stretch that includes time away in the unreturned read yield is not above the threshold
+    (away,) = [s for s in d["stretches"] if s["kind"] == "includes_away"]
+    assert away["gap_ns"] == 95_605_000 and away["above_threshold"] is False
+    assert d["stretches_including_away"] == 1 and d["spans_above_threshold"] == 1
+    assert d["time_base"]["dmesg_offset_ns"] == 0 and d["era"]["simulator_strategy"] == "two-pass"
+    assert d["actions"][-1]["command"].startswith("tdptrace export ")
 
 
-def test_dmesg_from_stdin_on_clean_capture_makes_it_a_risk(reference_captures, monkeypatch, capsys):
-    # 256m-thp span 1 (__tdp_mmu_zap_root) runs 4.655968 .. 4.657139 s
+def test_a_stall_a_capture_explains_is_consistent(tmp_path):
+    """A span still running at the capture's end (the machine locked up): it explains a 21 s RCU stall."""
+    path = write_capture(tmp_path / "stuck.tdp", spans=[span(0, 1_000_000_000, None, "__tdp_mmu_zap_root",
+                                                             tid=134, comm="kvmtouch", shared=0)],
+                         sptes=[{"ts": 2_000_000_000, "gfn": 1, "old_spte": P, "new_spte": 0},
+                                {"ts": 30_000_000_000, "gfn": 2, "old_spte": P, "new_spte": 0}])
+    t = triage(tdptrace.open(path), reports=parse_dmesg(STALL_AT_24_7.replace("24.7000", "25.0000")))
+    (m,) = t.kernel_reports
+    assert m.consistent and m.explained_by == [0] and t.contradictions == 0
+    assert t.exit_code == 1 and t.stretches[0].lock_mode == "write"
+    assert t.stretches[0].lock_mode_source == "shared argument"
+    assert any(a["kind"] == "check" and "/proc/134/stack" in a["command"] for a in t.stretches[0].actions)
+    assert t.kernel_log_summary.startswith("Kernel log line 1 (rcu stall) is explained by this capture")
+
+
+def test_limits_recorded_given_and_unknown(tmp_path, reference_captures, capsys):
+    rc, out, _ = run(capsys, "triage", str(reference_captures["k61-512m-hog"]), "--json", "--limits",
+                     "rcu_cpu_stall_timeout=21,watchdog_thresh=10")
+    d = json.loads(out)
+    assert d["limits"]["source"] == "given" and d["limits"]["rcu_stall_ns"] == 21_000_000_000
+    lim = d["stretches"][0]["limits"]
+    assert lim["rcu_stall"]["share"] == pytest.approx(99_724_000 / 21e9)
+    assert lim["soft_lockup"] == {"limit_ns": 20_000_000_000, "share": pytest.approx(99_724_000 / 20e9),
+                                  "headroom_ns": 20_000_000_000 - 99_724_000}
+    assert "0.5% of this host's 21.00 s RCU stall timeout" in d["verdict"]
+    # a live capture carries what the host had
+    path = write_capture(tmp_path / "live.tdp", spans=[span(0, 0, 30_000_000)])
+    meta = json.loads((path / "meta.json").read_text())
+    meta["host"] = {"limits": {"rcu_cpu_stall_timeout_s": 59, "watchdog_thresh_s": 10, "hz": 250,
+                               "preempt_built": "none"}}
+    (path / "meta.json").write_text(json.dumps(meta))
+    t = triage(tdptrace.open(path))
+    assert t.limits["source"] == "recorded on the host" and t.limits["rcu_stall_ns"] == 59_000_000_000
+    assert t.stretches[0].limits["rcu_stall"]["headroom_ns"] == 59_000_000_000 - 30_000_000
+    assert any(a["kind"] == "option" and "preempt=full" in a["text"] for a in t.stretches[0].actions)
+
+
+def test_guest_size_extrapolates_each_hold_as_a_model(reference_captures, capsys):
+    rc, out, _ = run(capsys, "triage", str(reference_captures["k61-512m-hog"]), "--json", "--guest-size", "64G")
+    d = json.loads(out)
+    s0 = d["stretches"][0]
+    e = s0["extrapolation"]
+    assert e["label"].startswith("model") and e["strategy"] == "two-pass" and e["scenario"] == "delete-slot"
+    assert e["guest_bytes"] == 64 << 30 and e["yields"] > 0 and 0 < e["max_hold_ns"] < e["idle_max_hold_ns"]
+    assert e["command"].startswith("tdptrace simulate -o model.tdp --size 64G --backing 4k --scenario delete-slot")
+    leafs = [s for s in d["stretches"] if s["span_id"] == 0][0]["extrapolation"]
+    assert leafs["scenario"] == "unmap" and "--range 0:32768M" in leafs["command"]  # the same half of the guest
+    assert all(s["extrapolation"] is None for s in d["stretches"] if s["kind"] == "includes_away")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--limits", "rcu=21"], "--limits: cannot read 'rcu=21'"),
+    (["--limits", "hz=0"], "hz=0 is not a tick rate"),
+    (["--guest-size", "lots"], "cannot read size 'lots'"),
+    (["--guest-size", "1M"], "--guest-size 1M is out of range"),
+])
+def test_bad_limits_and_guest_size(reference_captures, capsys, args, needle):
+    rc, _, err = run(capsys, "triage", str(reference_captures["k61-256m-thp"]), *args)
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_dmesg_from_stdin_a_lockup_older_than_the_capture_is_not_blamed_on_it(reference_captures, monkeypatch,
+                                                                              capsys):
+    # 256m-thp span 1 (__tdp_mmu_zap_root) runs 4.655968 .. 4.657139 s; the capture begins at 3.788 s, so a CPU
+    # stuck for 22 s at 4.656 s was stuck long before anything here: printed during the span, explained by nothing
     monkeypatch.setattr("sys.stdin", io.StringIO(
         "[    4.656000] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [kvmtouch:133]\n"))
     rc, out, _ = run(capsys, "triage", str(reference_captures["k61-256m-thp"]), "--dmesg", "-")
-    assert rc == 1
-    assert out.startswith("RISK: the kernel log reports a stall during a zap")
-    assert "span 1 __tdp_mmu_zap_root was running, on the same task" in " ".join(out.split())
+    flat = " ".join(out.split())
+    assert rc == 0 and out.startswith("No risk above 10.0 ms")
+    assert "This capture cannot explain the soft lockup: the report says stuck for 22.00 s" in flat
+    assert "before the capture began (3.788004 s)" in flat
+    assert "span 1 __tdp_mmu_zap_root was running, on the same task" in flat
+    assert "soft lockup, NOT explained by this capture" in flat
 
 
 def test_dmesg_without_matching_time_leaves_clean_capture_clean(reference_captures, tmp_path, capsys):
@@ -138,7 +230,8 @@ def test_dmesg_without_matching_time_leaves_clean_capture_clean(reference_captur
     f.write_text("[  900.000000] INFO: task kvmtouch:133 blocked for more than 120 seconds.\n")
     rc, out, _ = run(capsys, "triage", str(reference_captures["k61-256m-thp"]), "--dmesg", str(f))
     assert rc == 0
-    assert "none while a zap was running" in " ".join(out.split())
+    flat = " ".join(out.split())
+    assert "none explained by a zap" in flat and "after the capture ended (4.687992 s)" in flat
 
 
 def _anchored(tmp_path: Path) -> Path:
