@@ -33,7 +33,7 @@ app = typer.Typer(
 
 # Each module in tdptrace/commands/ exposes register(app). Order = order in --help.
 COMMAND_MODULES = [
-    "record", "exercise", "doctor", "importing", "summary", "triage", "plot", "report", "compare",
+    "record", "exercise", "doctor", "importing", "summary", "triage", "plot", "report", "export", "compare",
     "simulate", "calibrate", "top", "serve", "lab",
 ]
 
