@@ -19,6 +19,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator
 
 from tdptrace.capture import Capture
 from tdptrace.kernel.spte import PAGE_SIZE
+from tdptrace.metrics.holds import HOLD, df_holds
 from tdptrace.metrics.retained import df_retained
 from tdptrace.metrics.zaps import zaps_by_level
 from tdptrace.oncall.triage import (
@@ -37,6 +38,8 @@ LEAF_COLOR, NONLEAF_COLOR = "#4c72b0", "#dd8452"
 CAPTURE_COLORS = ("#4c72b0", "#c44e52", "#55a868", "#8172b2")
 FUNCTION_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 THRESHOLD_STYLE = {"color": "#c0392b", "linestyle": "--", "linewidth": 1.4}
+AWAY_COLOR = "#b0b0b0"
+ZOOM_FIGSIZE = (9.0, 7.6)
 
 FIGURES = ("zaps_by_level", "gap_distribution", "span_timeline", "retained_tables")
 
@@ -109,7 +112,7 @@ def _gaps_ms(cap: Capture) -> pd.DataFrame:
     if cap.spans.empty:
         return pd.DataFrame({"function": [], "gap_ms": [], "start": [], "span_id": []})
     _, end = capture_bounds(cap)
-    st = df_stretches(cap, end)
+    st = df_holds(cap, df_stretches(cap, end))
     return st.assign(gap_ms=st["gap_ns"].to_numpy(np.float64) / 1e6)
 
 
@@ -133,18 +136,25 @@ def plot_gap_distribution(caps: Captures, threshold_ns: int = DEFAULT_THRESHOLD_
         v = g["gap_ms"].to_numpy()
         v = v[v > 0]
         if single:
-            by_fn = [(fn, gg["gap_ms"].to_numpy()) for fn, gg in g.groupby("function")]
+            h = g[g["kind"] == HOLD]
+            by_fn = [(fn, gg["gap_ms"].to_numpy()) for fn, gg in h.groupby("function")]
+            away = g.loc[g["kind"] != HOLD, "gap_ms"].to_numpy()
+            data = [b for _, b in by_fn] + ([away] if len(away) else [])
             # (labels must not start with "_": matplotlib hides those, and kernel names often do)
-            ax.hist([b for _, b in by_fn], bins=bins, stacked=True,
-                    label=[f"{len(b)} gap{'' if len(b) == 1 else 's'} in {fn}" for fn, b in by_fn],
-                    color=[CAPTURE_COLORS[j % len(CAPTURE_COLORS)] for j in range(len(by_fn))], alpha=0.85)
+            labels = [f"{len(b)} gap{'' if len(b) == 1 else 's'} in {fn}" for fn, b in by_fn]
+            colors = [CAPTURE_COLORS[j % len(CAPTURE_COLORS)] for j in range(len(by_fn))]
+            if len(away):
+                labels.append(f"{len(away)} incl. time away in an untraced yield (not holds)")
+                colors.append(AWAY_COLOR)
+            ax.hist(data, bins=bins, stacked=True, label=labels, color=colors, alpha=0.85)
         else:
             ax.hist(v, bins=bins, histtype="step", linewidth=2, color=CAPTURE_COLORS[i % len(CAPTURE_COLORS)],
                     label=f"{lab}: {len(v)} gaps, max {fmt_ns(v.max() * 1e6)}, {int((v > thr_ms).sum())} above "
                           "threshold")
     ax.axvline(thr_ms, **THRESHOLD_STYLE, label=f"threshold {_ms_formatter(thr_ms, 0)}")
     if single:
-        above = int((allv > thr_ms).sum())
+        holds = next(iter(gaps.values()))
+        above = int(((holds["kind"] == HOLD) & (holds["gap_ms"] > thr_ms)).sum())
         ax.text(thr_ms * 1.08, 0.97, f"{above} above", transform=ax.get_xaxis_transform(), va="top",
                 color=THRESHOLD_STYLE["color"], fontsize=9)
     ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # room for the legend above the tallest bar
@@ -158,26 +168,79 @@ def plot_gap_distribution(caps: Captures, threshold_ns: int = DEFAULT_THRESHOLD_
     return fig
 
 
+def _time_origin(c: Capture, single: bool) -> tuple[int, str]:
+    """The x origin (ns) and axis label: the capture clock itself for one capture (the time base of triage,
+    the report and the kernel log), the first zap span for overlaid captures (so they line up)."""
+    if single:
+        return 0, "time (s, capture clock: a dmesg line at [T] is at T)"
+    return int(c.spans["ts"].min()) if len(c.spans) else capture_bounds(c)[0], "time since the first zap span (s)"
+
+
+def _zoom_panel(ax, c: Capture, sid: int, st: pd.DataFrame, threshold_ns: int) -> None:
+    """One span close up: its holds as bars (red above the threshold, grey where they include time away),
+    its yield points as ticks, in ms from the span's start."""
+    sp = c.spans.set_index("span_id").loc[sid]
+    _, t_end = capture_bounds(c)
+    s0 = int(sp["ts"])
+    s1 = int(t_end if pd.isna(sp["end_ts"]) else sp["end_ts"])
+    dur = max(s1 - s0, 1)
+    tid = int(sp["tid"])
+    mine = st[(st["tid"] == tid) & (st["start"] < s1) & (st["start"] + st["gap_ns"] > s0)]
+    for r in mine.itertuples():
+        x = (r.start - s0) / 1e6
+        w = r.gap_ns / 1e6
+        color = AWAY_COLOR if r.kind != HOLD else (THRESHOLD_STYLE["color"] if r.gap_ns > threshold_ns
+                                                    else CAPTURE_COLORS[0])
+        ax.broken_barh([(x, w)], (0.6, 0.8), color=color, alpha=0.8, hatch=None if r.kind == HOLD else "//",
+                       edgecolor="white")
+        ax.text(x + w / 2, 1.0, fmt_ns(r.gap_ns), ha="center", va="center", fontsize=8, color="white"
+                if w > dur / 12 else "black", clip_on=True)
+    y = c.yields
+    y = y[(y["tid"] == tid) & (y["ts"] >= s0) & (y["ts"] <= s1)]
+    for t, f in zip(y["ts"].to_numpy(np.int64), y["function"].astype(str)):
+        ax.axvline((t - s0) / 1e6, color="black", linewidth=1, ymin=0.05, ymax=0.95)
+    ax.set_xlim(-dur * 0.03 / 1e6, dur * 1.03 / 1e6)
+    ax.set_ylim(0, 2)
+    ax.set_yticks([])
+    ax.set_xlabel(f"ms from span {sid}'s start ({s0 / 1e9:.6f} s); bars: holds (grey: incl. time away), "
+                  "lines: yield points")
+    ax.set_ylabel("zoom")
+    ax.set_title(f"Span {sid} {sp['function']} close up: {fmt_ns(dur)}, {int(sp['yields'])} yield"
+                 f"{'' if int(sp['yields']) == 1 else 's'}", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+
+
 def plot_span_timeline(caps: Captures, threshold_ns: int = DEFAULT_THRESHOLD_NS) -> Figure:
-    """Each zap span as a bar from its start to its end at the height of its longest gap, marker by function
-    (time in seconds from the first zap span, so overlaid captures line up; log y)."""
+    """Each zap span as a bar from its start to its end at the height of its longest hold, marker by function
+    (one capture: on the capture clock, with a second panel zoomed into the span with the longest hold;
+    overlaid captures: time since each one's first zap span; log y)."""
     labelled = _labelled(caps)
-    fig, ax = _new_figure()
-    ax.set_title("Zap spans over time: longest hold of mmu_lock without a yield")
+    single = len(labelled) == 1
     fns = sorted({str(f) for c in labelled.values() for f in c.spans["function"].unique()})
+    if single and fns:
+        fig = Figure(figsize=ZOOM_FIGSIZE, dpi=DPI, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax, zoom = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1.3]})
+    else:
+        fig, ax = _new_figure()
+        zoom = None
+    ax.set_title("Zap spans over time: longest hold of mmu_lock without a yield")
     if not fns:
         _empty(ax, "no zap spans in this capture")
         return fig
     thr_ms = threshold_ns / 1e6
     ymax = thr_ms
     ymin = thr_ms
-    single = len(labelled) == 1
+    xlabel = ""
     for i, (lab, c) in enumerate(labelled.items()):
         sp = c.spans
         _, t_end = capture_bounds(c)
-        t0 = int(sp["ts"].min())  # align captures on their first zap span
+        t0, xlabel = _time_origin(c, single)
         st = _gaps_ms(c)
-        per_span = st.groupby("span_id")["gap_ms"].max()
+        holds = st[st["kind"] == HOLD]
+        per_span = holds.groupby("span_id")["gap_ms"].max()
+        if per_span.empty:
+            continue
         sp = sp.set_index("span_id").loc[per_span.index]
         start = (sp["ts"].to_numpy(np.int64) - t0) / 1e9
         end = (sp["end_ts"].fillna(t_end).to_numpy(np.int64) - t0) / 1e9
@@ -195,6 +258,7 @@ def plot_span_timeline(caps: Captures, threshold_ns: int = DEFAULT_THRESHOLD_NS)
                        edgecolor="black", linewidth=0.5, zorder=3, label=name)
         if single:  # name the worst spans above the threshold
             worst = np.argsort(-y)[:3]
+            mid = (start.min() + end.max()) / 2
             for k in worst[y[worst] > thr_ms]:
                 sid = int(per_span.index[k])
                 dur = sp["duration_ns"].iloc[k]
@@ -203,14 +267,18 @@ def plot_span_timeline(caps: Captures, threshold_ns: int = DEFAULT_THRESHOLD_NS)
                 ax.annotate(f"span {sid} {fn_of[k]}: {fmt_ns(y[k] * 1e6)} without a yield\n"
                             f"({dur_txt}, {ny} yield{'' if ny == 1 else 's'})",
                             (start[k], y[k]), xytext=(8, -4), textcoords="offset points", fontsize=8.5,
-                            va="top", ha="left" if start[k] < (t_end - t0) / 2e9 else "right")
+                            va="top", ha="left" if start[k] <= mid else "right")
+            pad = max((end.max() - start.min()) * 0.04, 1e-3)
+            ax.set_xlim(start.min() - pad, end.max() + pad)
+            if zoom is not None:
+                _zoom_panel(zoom, c, int(per_span.index[int(np.argmax(y))]), st, threshold_ns)
     ax.axhline(thr_ms, **THRESHOLD_STYLE, label=f"threshold {_ms_formatter(thr_ms, 0)}")
     ax.set_yscale("log")
     ax.set_ylim(ymin / 2, ymax * 3)
     ax.yaxis.set_major_locator(LogLocator(base=10))
     ax.yaxis.set_major_formatter(FuncFormatter(_ms_formatter))
-    ax.set_xlabel("time since the first zap span (s); bar = span start to end")
-    ax.set_ylabel("longest gap without a yield (log scale)")
+    ax.set_xlabel(xlabel + "; bar = span start to end")
+    ax.set_ylabel("longest hold without a yield (log)")
     if single:
         ax.legend(loc="best", frameon=True, framealpha=0.85, fontsize=9)
     else:  # one entry per function and capture: below the plot, where it hides no span
@@ -221,22 +289,24 @@ def plot_span_timeline(caps: Captures, threshold_ns: int = DEFAULT_THRESHOLD_NS)
 
 
 def plot_retained_tables(caps: Captures) -> Figure:
-    """Non-leaf page tables kept alive with no children, over time (count, and memory on the right axis)."""
+    """Non-leaf page tables kept alive with no children, over time (count, and memory on the right axis);
+    the x axis covers where the count changes, with the zap spans shaded."""
     labelled = _labelled(caps)
+    single = len(labelled) == 1
     fig, ax = _new_figure()
     ax.set_title("Retained non-leaf page tables (linked, emptied, kept for reuse)")
     if not any(len(c.sptes) for c in labelled.values()):
         _empty(ax, "no SPTE change events in this capture:\nretained page tables cannot be counted")
         return fig
     top = 1
+    lo_x, hi_x = [], []
+    xlabel = ""
     for i, (lab, c) in enumerate(labelled.items()):
         if not len(c.sptes):
             continue
-        t0, t_end = capture_bounds(c)
-        if len(c.spans):  # the same time origin as the span timeline
-            t0 = int(c.spans["ts"].min())
+        t_first, t_end = capture_bounds(c)
+        t0, xlabel = _time_origin(c, single)
         ch = df_retained(c)
-        t_first, _ = capture_bounds(c)
         x = np.concatenate([[(t_first - t0) / 1e9], (ch["ts"].to_numpy(np.int64) - t0) / 1e9, [(t_end - t0) / 1e9]])
         y = np.concatenate([[0], ch["retained"].to_numpy(np.int64),
                             [ch["retained"].iloc[-1] if len(ch) else 0]])
@@ -244,8 +314,21 @@ def plot_retained_tables(caps: Captures) -> Figure:
         peak = int(y.max())
         ax.step(x, y, where="post", color=CAPTURE_COLORS[i % len(CAPTURE_COLORS)], linewidth=2,
                 label=f"{lab}: peak {peak} tables ({peak * PAGE_SIZE // 1024} KiB), {int(y[-1])} at end")
+        # Where the activity is: from the first change of the count (or first span) to the last.
+        marks = list((ch["ts"].to_numpy(np.int64) - t0) / 1e9) + list((c.spans["ts"].to_numpy(np.int64) - t0) / 1e9)
+        marks += list((c.spans["end_ts"].dropna().to_numpy(np.int64) - t0) / 1e9)
+        if marks:
+            lo_x.append(min(marks))
+            hi_x.append(max(marks))
+        if single:
+            for s0, s1 in zip(c.spans["ts"].to_numpy(np.int64), c.spans["end_ts"].fillna(t_end).to_numpy(np.int64)):
+                ax.axvspan((s0 - t0) / 1e9, (s1 - t0) / 1e9, color="#999999", alpha=0.15, linewidth=0)
+    if lo_x:
+        a, b = min(lo_x), max(hi_x)
+        pad = max((b - a) * 0.05, 1e-3)
+        ax.set_xlim(a - pad, b + pad)
     ax.set_ylim(0, top * 1.25)
-    ax.set_xlabel("time relative to the first zap span (s; the capture's start when it has no spans)")
+    ax.set_xlabel(xlabel + ("; shaded: zap spans" if single else ""))
     ax.set_ylabel("retained tables")
     mem = ax.secondary_yaxis("right", functions=(lambda n: n * PAGE_SIZE / 1024, lambda k: k * 1024 / PAGE_SIZE))
     mem.set_ylabel("memory (KiB, 4 KiB per table)")

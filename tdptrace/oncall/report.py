@@ -174,8 +174,9 @@ def _figures_html(cap: Capture, threshold_ns: int) -> str:
     captions = {
         "zaps_by_level": "SPTE zaps per level, leaf and non-leaf (log scale).",
         "gap_distribution": f"Gaps between yield points; dashed line: the {fmt_ns(threshold_ns)} threshold.",
-        "span_timeline": "Each zap span at the height of its longest gap; bar from start to end.",
-        "retained_tables": "Non-leaf page tables kept with no children, over time.",
+        "span_timeline": "Each zap span at the height of its longest hold; bar from start to end; below, the span "
+                         "with the longest hold close up (its holds and yield points).",
+        "retained_tables": "Non-leaf page tables kept with no children, over time; zap spans shaded.",
     }
     out = []
     for name, fig in figures(cap, threshold_ns).items():

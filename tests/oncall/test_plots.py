@@ -115,3 +115,26 @@ def test_figures_have_titles_and_axis_labels(tmp_path, name):
 
     ax = figures(small(tmp_path))[name].axes[0]
     assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+
+
+def test_hog_figures_use_the_capture_clock_and_zoom_into_the_worst_span(reference_captures):
+    cap = tdptrace.open(reference_captures["k61-512m-hog"])
+    fig = plot_span_timeline(cap)
+    ax, zoom = fig.axes[:2]
+    # the capture clock (the kernel log's [seconds]): spans run from 18.2 s to 24.8 s, nothing before
+    lo, hi = ax.get_xlim()
+    assert 17.9 < lo < 18.2 and 24.7 < hi < 25.1 and "capture clock" in ax.get_xlabel()
+    # the second panel is span 1 (195 ms) close up: its 99.7 ms hold, then 95.6 ms incl. time away
+    assert "Span 1 __tdp_mmu_zap_root close up: 195.3 ms, 1 yield" == zoom.get_title()
+    assert sorted(t.get_text() for t in zoom.texts) == ["95.6 ms", "99.7 ms"]
+    assert zoom.get_xlim()[1] == pytest.approx(195.329 * 1.03)
+    fig = plot_retained_tables(cap)
+    lo, hi = fig.axes[0].get_xlim()
+    assert 17.5 < lo < 18.2 and hi < 25.2  # no empty stretch from the capture's start (3.5 s)
+
+
+def test_time_away_is_not_counted_above_the_threshold(reference_captures):
+    ax = plot_gap_distribution(tdptrace.open(reference_captures["k61-512m-hog"])).axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "1 incl. time away in an untraced yield (not holds)" in labels
+    assert [t.get_text() for t in ax.texts] == ["1 above"]  # 99.7 ms; the 95.6 ms stretch is not a hold
