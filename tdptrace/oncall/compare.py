@@ -15,6 +15,7 @@ import pandas as pd
 from tdptrace.capture import Capture
 from tdptrace.kernel.functions import LEAF_ZAP, ROOT_TEARDOWN
 from tdptrace.kernel.spte import PAGE_SIZE
+from tdptrace.metrics.holds import HOLD, df_holds
 from tdptrace.metrics.operations import df_operations
 from tdptrace.metrics.retained import retained_summary
 from tdptrace.metrics.zaps import zaps_by_level
@@ -76,7 +77,8 @@ def df_operation_metrics(cap: Capture) -> pd.DataFrame:
     y_cls = ops["op_class"].reindex(y["span_id"].astype("int64").to_numpy()).to_numpy()
     y_op = ops["op_id"].reindex(y["span_id"].astype("int64").to_numpy()).to_numpy()
     _, end = capture_bounds(cap)
-    st = df_stretches(cap, end)
+    st = df_holds(cap, df_stretches(cap, end))
+    st = st[st["kind"] == HOLD]  # a stretch that includes time away in a yield is not a hold
     st_cls = ops["op_class"].reindex(st["span_id"].to_numpy(np.int64)).to_numpy()
     rows = {}
     scopes = [ALL] + sorted(ops["op_class"].unique())
