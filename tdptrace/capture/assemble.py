@@ -13,6 +13,7 @@ from tdptrace.capture.pagetables import classify, retained_series
 from tdptrace.capture.raw import RawChunk
 from tdptrace.capture.schema import SPANS, ZAP_COUNT_COLUMNS
 from tdptrace.capture.spans import ZapIndex, build_spans
+from tdptrace.capture.waits import WaitPairer
 from tdptrace.kernel.spte import Encoding, detect_encoding
 
 
@@ -40,6 +41,8 @@ class Assembler:
         self.legacy_hint = False
         self.spte_rows = 0
         self.header_overrun = 0
+        self.waits = WaitPairer(self.hasher)
+        self.waiters_enabled = (False, False)  # (lock contention, fault latency) recorded, even if none seen
 
     def add(self, chunk: RawChunk) -> None:
         """Take one decoded block."""
@@ -57,6 +60,8 @@ class Assembler:
                 lst.append(df)
         self.counts.update(chunk.counts)
         self.unknown.update(chunk.unknown)
+        if chunk.waits is not None and len(chunk.waits):
+            self.writer.append("waits", self.waits.add(chunk.waits))
 
     def finish(self) -> dict[str, int]:
         """Derive spans, yields and retained tables, write every remaining table, fill meta. Returns stats."""
@@ -94,6 +99,10 @@ class Assembler:
             m = pd.concat(markers, ignore_index=True).sort_values("seq", kind="stable", ignore_index=True)
             m["detail"] = self.hasher.scrub_text(m["detail"]).to_numpy()
             self.writer.append("markers", m)
+        self.writer.append("waits", self.waits.close())
+        if self.waits.lost_ends:
+            meta.notes.append(f"{self.waits.lost_ends} lock contention waits lost their contention_end event and "
+                              "were left out")
         total_lost = self._write_lost()
         meta.events = {"counts": dict(sorted(self.counts.items())), "unknown": dict(sorted(self.unknown.items()))}
         has_calls = len(calls) > 0
@@ -104,6 +113,8 @@ class Assembler:
             "yield_returns": bool(len(yields) and yields["paired"].any()),
             "page_table_events": bool(self.page_tables),
             "retained_tables": self.spte_rows > 0,
+            "lock_contention": self.waits.seen_lock or self.waiters_enabled[0],
+            "fault_latency": self.waits.seen_fault or self.waiters_enabled[1],
         }
         stats["lost"] = total_lost
         return stats

@@ -19,11 +19,12 @@ class RawChunk:
     counts: Counter = field(default_factory=Counter)
     unknown: Counter = field(default_factory=Counter)
     from_handle_changed_spte: bool = False  # SPTE rows came from the 5.10-style __handle_changed_spte kprobe
+    waits: pd.DataFrame | None = None  # raw waiter events (capture.waits.RAW_COLUMNS), paired by the assembler
 
     def shifted(self, base: int) -> "RawChunk":
         """The same events with seq moved by `base` (blocks are decoded independently, numbered from 0)."""
         if base:
-            for df in (self.sptes, self.calls, self.page_tables, self.markers):
-                if len(df):
+            for df in (self.sptes, self.calls, self.page_tables, self.markers, self.waits):
+                if df is not None and len(df):
                     df["seq"] = df["seq"].to_numpy() + base
         return self

@@ -52,6 +52,8 @@ def record_cmd(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No live line, no summary.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print what was written and the summary as one JSON "
                                           "object (no summary tables).")] = False,
+    waiters: Annotated[bool, typer.Option("--waiters", help="Also record who waited: mmu_lock contention "
+                                          "(5.19+) and vCPU fault latency (ftrace backend).")] = False,
 ) -> None:
     """Record the host's KVM MMU zaps (needs root), then print the capture's summary.
 
@@ -67,7 +69,8 @@ def record_cmd(
     if not ebpf:
         refuse_existing([out], force)
     opts = RecordOptions(output=out, pids=tuple(pid or ()), sptes=sptes, stacks=stacks,
-                         stack_min_gap_ns=stack_threshold, force=force)
+                         stack_min_gap_ns=stack_threshold, force=force,
+                         waiters=waiters)
     secs = duration / 1e9 if duration is not None else None
     opts.validate()
     from tdptrace.live.attach import plan_probes
@@ -76,6 +79,9 @@ def record_cmd(
     report = check_host()
     plan = plan_probes(report)
     chosen = _choose_backend(backend, report)
+    if waiters and backend == "bcc":
+        raise BadInput("--waiters is recorded by the ftrace backend only", "use --backend ftrace (or auto)")
+    chosen = "ftrace" if waiters else chosen
     if ebpf:
         from tdptrace.live.bcc_recorder import program_defines, program_text
 

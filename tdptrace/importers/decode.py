@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from tdptrace.capture.raw import RawChunk
 from tdptrace.capture.schema import MAX_LEVEL
+from tdptrace.capture.waits import LCB_FLAGS, RAW_COLUMNS, WAIT_EVENTS, empty_raw
 from tdptrace.errors import BadInput
 from tdptrace.importers.textnum import auto_to_u64, dec_to_i64, hex_to_u64
 from tdptrace.kernel.functions import (
@@ -234,6 +235,80 @@ def decode_kprobes(t: pa.Table) -> tuple[pd.DataFrame, pa.Table]:
     return pd.DataFrame(out), rest
 
 
+# lock:contention_begin "%p (flags=%s)", contention_end "%p (ret=%d)" (include/trace/events/lock.h); raw
+# fields (perf/trace-cmd without the format) as lock_addr=... flags=.... kvm:kvm_page_fault "vcpu %u rip 0x%lx
+# address 0x%016llx error_code 0x%llx" (6.x) or "address %lx error_code %lx" (older); kvm:kvm_entry "vcpu %u, ...".
+_LOCK_RE = r"^(?:0x)?(?P<lock>[0-9a-fA-F]+) \((?:flags=(?P<flags>[A-Z|]*)|ret=(?P<ret>-?\d+))\)"
+_FAULT_RE = r"^(?:vcpu (?P<vcpu>\d+) rip 0x[0-9a-fA-F]+ )?address (?:0x)?(?P<addr>[0-9a-fA-F]+) error_code (?:0x)?(?P<ec>[0-9a-fA-F]+)"
+_ENTRY_RE = r"^vcpu (?P<vcpu>\d+)"
+
+
+def decode_waits(t: pa.Table) -> pd.DataFrame:
+    """lock:contention_begin/end, kvm:kvm_page_fault and kvm:kvm_entry lines -> raw waiter events
+    (capture.waits.RAW_COLUMNS) for the WaitPairer."""
+    if not t.num_rows:
+        return empty_raw()
+    body = t.column("body").combine_chunks()
+    event = t.column("event").combine_chunks()
+    out = _common(t)
+    n = t.num_rows
+    out["event"] = _text(event)
+    lock = np.zeros(n, dtype=np.uint64)
+    flags = np.zeros(n, dtype=np.int64)
+    vcpu = pd.array([pd.NA] * n, dtype="Int64")
+    addr = pd.array([pd.NA] * n, dtype="UInt64")
+    ec = pd.array([pd.NA] * n, dtype="UInt64")
+    ev = event.to_numpy(zero_copy_only=False)
+    is_lock = np.isin(ev, ["contention_begin", "contention_end"])
+    if is_lock.any():
+        idx = np.flatnonzero(is_lock)
+        b = body.take(pa.array(idx))
+        m = pc.extract_regex(b, _LOCK_RE)
+        ok = m.is_valid().to_numpy(zero_copy_only=False)
+        raw = _failed_fields(b, ["lock_addr", "flags"])
+        got_raw = pc.is_valid(raw["lock_addr"]).to_numpy(zero_copy_only=False)
+        if not (ok | got_raw).all():
+            raise _bad_body(str(ev[idx[~(ok | got_raw)][0]]), b[int(np.flatnonzero(~(ok | got_raw))[0])].as_py())
+        text_lock = hex_to_u64(pc.fill_null(pc.struct_field(m, "lock"), "0"), "lock")
+        lock[idx] = np.where(ok, text_lock, auto_to_u64(pc.fill_null(raw["lock_addr"], "0")))
+        names = pc.fill_null(pc.struct_field(m, "flags"), "").to_numpy(zero_copy_only=False)
+        bits = np.zeros(len(idx), dtype=np.int64)
+        for name, bit in LCB_FLAGS.items():  # six flag names, not rows
+            bits |= np.where(np.char.find(names.astype(str), name) >= 0, bit, 0)
+        flags[idx] = np.where(ok, bits, auto_to_u64(pc.fill_null(raw["flags"], "0")).astype(np.int64))
+    is_fault = ev == "kvm_page_fault"
+    if is_fault.any():
+        idx = np.flatnonzero(is_fault)
+        b = body.take(pa.array(idx))
+        m = pc.extract_regex(b, _FAULT_RE)
+        ok = m.is_valid().to_numpy(zero_copy_only=False)
+        if not ok.all():
+            raise _bad_body("kvm_page_fault", b[int(np.flatnonzero(~ok)[0])].as_py())
+        v = pc.struct_field(m, "vcpu")
+        has_v = pc.not_equal(v, "").to_numpy(zero_copy_only=False)
+        vv = dec_to_i64(pc.if_else(pc.equal(v, ""), "0", v))
+        col = pd.array(vv, dtype="Int64")
+        col[~has_v] = pd.NA
+        vcpu[idx] = col
+        addr[idx] = hex_to_u64(pc.struct_field(m, "addr"), "address")
+        ec[idx] = hex_to_u64(pc.struct_field(m, "ec"), "error_code")
+    is_entry = ev == "kvm_entry"
+    if is_entry.any():
+        idx = np.flatnonzero(is_entry)
+        m = pc.extract_regex(body.take(pa.array(idx)), _ENTRY_RE)
+        ok = m.is_valid().to_numpy(zero_copy_only=False)
+        vv = dec_to_i64(pc.fill_null(pc.struct_field(m, "vcpu"), "0"))
+        col = pd.array(vv, dtype="Int64")
+        col[~ok] = pd.NA
+        vcpu[idx] = col
+    out.update(lock=pd.array(np.where(is_lock, lock, 0), dtype="UInt64"), flags=pd.array(flags, dtype="Int64"),
+               vcpu=vcpu, address=addr, error_code=ec)
+    df = pd.DataFrame(out)
+    df.loc[~is_lock, "lock"] = pd.NA
+    df.loc[~is_lock, "flags"] = pd.NA
+    return df[list(RAW_COLUMNS)]
+
+
 def decode_markers(t: pa.Table) -> pd.DataFrame:
     """Any other event -> MARKERS frame with its raw fields in `detail`."""
     out = _common(t)
@@ -251,15 +326,19 @@ def _bad_body(event: str, body: str):
 def decode(t: pa.Table) -> RawChunk:
     """Split a common-column table by event kind and decode each kind."""
     event = pc.replace_substring_regex(t.column("event"), pattern="^kvmmmu:", replacement="")
+    event = pc.replace_substring_regex(event, pattern="^(?:lock|kvm):(contention_begin|contention_end|kvm_page_fault"
+                                              "|kvm_entry)$", replacement="\\1")
     t = t.set_column(t.column_names.index("event"), "event", event)
     ev = t.column("event")
     counts = Counter(dict(zip(*[x.to_pylist() for x in pc.value_counts(ev).flatten()])))
     is_spte = pc.equal(ev, SPTE_CHANGED)
     is_spte_any = bool(pc.any(is_spte).as_py())
     is_pt = pc.is_in(ev, pa.array([GET_PAGE, PREPARE_ZAP]))
+    is_wait = pc.is_in(ev, pa.array(sorted(WAIT_EVENTS)))
     sptes = decode_sptes(t.filter(is_spte))
     page_tables = decode_page_tables(t.filter(is_pt))
-    other = t.filter(pc.invert(pc.or_(is_spte, is_pt)))
+    waits = decode_waits(t.filter(is_wait))
+    other = t.filter(pc.invert(pc.or_(pc.or_(is_spte, is_pt), is_wait)))
     calls, rest = decode_kprobes(other)
     # 5.10: a kprobe on __handle_changed_spte carries the SPTE change fields.
     is_h = calls["function"].isin(SPTE_CHANGE_FUNCTIONS) & ~calls["is_return"]
@@ -291,7 +370,7 @@ def decode(t: pa.Table) -> RawChunk:
         })], ignore_index=True)
         calls = calls[interesting].reset_index(drop=True)
     return RawChunk(sptes=sptes, calls=calls, page_tables=page_tables, markers=markers, counts=counts,
-                    unknown=unknown, from_handle_changed_spte=bool(is_h.any() and not is_spte_any))
+                    unknown=unknown, from_handle_changed_spte=bool(is_h.any() and not is_spte_any), waits=waits)
 
 
 def zap_function(symbol: str) -> bool:

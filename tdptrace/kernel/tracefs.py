@@ -26,3 +26,12 @@ def find_tracefs(root: Path = Path("/")) -> Path | None:
         except OSError:
             continue
     return None
+
+
+# Who waits (record --waiters): lock contention tracepoints (since 5.19, commit "locking: Add lock contention
+# tracepoints") and the vCPU's fault and next guest entry (arch/x86/kvm/trace.h), as (group, event).
+WAITER_EVENTS: tuple[tuple[str, str], ...] = (("lock", "contention_begin"), ("lock", "contention_end"),
+                                             ("kvm", "kvm_page_fault"), ("kvm", "kvm_entry"))
+# Only spinning rwlock contention (LCB_F_SPIN with LCB_F_READ or LCB_F_WRITE), which is what mmu_lock is:
+# rwsems (mmap_lock) and mutexes stay out of the buffer.
+CONTENTION_FILTER = "(flags & 1) && (flags & 6)"

@@ -27,6 +27,7 @@ from tdptrace.importers.decode import decode
 from tdptrace.kernel.functions import ZAP_FUNCTIONS
 from tdptrace.kernel.signatures import ARG_REGISTERS
 from tdptrace.kernel.spte import encoding_for_release
+from tdptrace.kernel.tracefs import CONTENTION_FILTER, WAITER_EVENTS
 from tdptrace.live.attach import ProbePlan
 from tdptrace.live.recording import LiveStatus, RecordOptions, live_meta
 
@@ -113,6 +114,8 @@ class FtraceRecorder:
             self._write(self.instance / "events" / "kvmmmu" / tp / "enable", "1")
         for name in self.kprobes:
             self._write(self.instance / "events" / self.group / name / "enable", "1")
+        if self.opts.waiters:
+            self._enable_waiters()
         if self.opts.pids:
             tids = sorted({int(t.name) for p in self.opts.pids for t in Path(f"/proc/{p}/task").glob("*")})
             self._write(self.instance / "options" / "event-fork", "1")
@@ -129,6 +132,30 @@ class FtraceRecorder:
         m.notes = list(self.plan.notes) + self.plan.unavailable() + m.notes
         self.writer.write_meta()
         self._t0 = self._last_flush = time.monotonic()
+
+    def _enable_waiters(self) -> None:
+        """lock:contention_begin/end (rwlock spins only) and kvm:kvm_page_fault/kvm_entry, where the kernel
+        has them; pointers printed raw (hash-ptr off in this instance) so they hash like the kvm pointer."""
+        opt = self.instance / "options" / "hash-ptr"
+        if opt.exists():
+            self._write(opt, "0")
+        got = set()
+        for group, event in WAITER_EVENTS:
+            d = self.instance / "events" / group / event
+            if not d.is_dir():
+                self.failures.append({"probe": f"tracepoint:{group}:{event}", "reason": "not on this kernel"})
+                continue
+            if event == "contention_begin":
+                self._write(d / "filter", CONTENTION_FILTER)
+            self._write(d / "enable", "1")
+            got.add(event)
+        lock = {"contention_begin", "contention_end"} <= got
+        fault = {"kvm_page_fault", "kvm_entry"} <= got
+        assert self.asm is not None
+        self.asm.waiters_enabled = (lock, fault)
+        if not lock:
+            self.meta.notes.append("no lock:contention_begin/end tracepoints (kernels before 5.19): mmu_lock "
+                                   "waits are not recorded, vCPU fault latency still is")
 
     def _write(self, path: Path, text: str) -> None:
         with open(path, "w") as f:

@@ -31,6 +31,7 @@ class RecordOptions:
     event_pages: int = 4096     # 16 MiB of 64-byte events
     span_pages: int = 256       # 1 MiB of span records
     max_tables: int = 1 << 18
+    waiters: bool = False       # lock contention and vCPU fault latency (docs/capture-format.md "waits")
 
     def validate(self) -> None:
         for name in ("event_pages", "span_pages"):
@@ -83,7 +84,8 @@ def live_meta(kind: str, options: RecordOptions, release: str, extra_source: dic
     mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     real = time.time_ns()
     return CaptureMeta(
-        source={"kind": kind, "pids": list(options.pids), "sptes": options.sptes, "stacks": options.stacks}
+        source={"kind": kind, "pids": list(options.pids), "sptes": options.sptes, "stacks": options.stacks,
+                "waiters": options.waiters}
         | extra_source,
         kernel={"release": release, "version": os.uname().version},
         kvm=kvm_params(),

@@ -9,6 +9,7 @@ from tdptrace.capture import Capture
 from tdptrace.capture.schema import LEVELS
 from tdptrace.metrics.gaps import df_gaps, gap_quantiles
 from tdptrace.metrics.retained import retained_summary
+from tdptrace.metrics.waiters import waiters_summary
 from tdptrace.metrics.zaps import zaps_by_level
 
 NO_SPANS = ("no zap spans in this capture: it holds no entry+return events of the TDP zap functions "
@@ -138,6 +139,7 @@ def summarize(cap: Capture) -> dict[str, Any]:
     out["lost_events_per_cpu"] = meta.lost_events.get("per_cpu", {})
     out["unknown_events"] = meta.events.get("unknown", {})
     out["capabilities"] = caps
+    out["waiters"] = waiters_summary(cap)
     out["notes"] = list(meta.notes) + ([] if cap.complete else
                                        ["the capture is incomplete (recording stopped abruptly); the last chunk may be missing"])
     return out

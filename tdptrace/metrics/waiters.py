@@ -26,26 +26,28 @@ def df_waits(cap: Capture) -> pd.DataFrame:
     return cap.table("waits")
 
 
-def _stats(w: np.ndarray) -> dict[str, Any]:
+def _stats(g: pd.DataFrame) -> dict[str, Any]:
+    """Counts and quantiles of complete waits; waits still open at the capture's end are counted apart (their
+    length is only a lower bound)."""
+    done = g["end_ts"].notna().to_numpy() if len(g) else np.zeros(0, bool)
+    w = g["wait_ns"].to_numpy(np.int64)[done] if len(g) else np.zeros(0, np.int64)
+    out: dict[str, Any] = {"count": int(len(w)), "open": int((~done).sum()), "tasks": int(g["tid"].nunique())}
     if not len(w):
-        return {"count": 0, "p50_ns": None, "p99_ns": None, "max_ns": None, "total_ns": 0}
-    return {"count": int(len(w)), "p50_ns": int(np.quantile(w, 0.5, method="higher")),
-            "p99_ns": int(np.quantile(w, 0.99, method="higher")), "max_ns": int(w.max()), "total_ns": int(w.sum())}
+        return out | {"p50_ns": None, "p99_ns": None, "max_ns": None, "total_ns": 0}
+    return out | {"p50_ns": int(np.quantile(w, 0.5, method="higher")),
+                  "p99_ns": int(np.quantile(w, 0.99, method="higher")), "max_ns": int(w.max()),
+                  "total_ns": int(w.sum())}
 
 
 def _describe(w: pd.DataFrame) -> dict[str, Any]:
     """Tasks, counts and wait quantiles of some waits, lock waits split by mode."""
     locks = w[w["kind"] == LOCK]
     faults = w[w["kind"] == FAULT]
-    by_mode = {m: _stats(g["wait_ns"].to_numpy(np.int64)) | {"tasks": int(g["tid"].nunique())}
-               for m, g in locks.groupby(locks["mode"].fillna("unknown").astype(str))}
+    by_mode = {m: _stats(g) for m, g in locks.groupby(locks["mode"].fillna("unknown").astype(str))}
     return {
         "tasks": int(w["tid"].nunique()),
-        "lock": _stats(locks["wait_ns"].to_numpy(np.int64)) | {"tasks": int(locks["tid"].nunique()),
-                                                               "by_mode": by_mode},
-        "fault": _stats(faults["wait_ns"].to_numpy(np.int64)) | {"tasks": int(faults["tid"].nunique()),
-                                                                 "vcpus": sorted(int(v) for v in
-                                                                                 faults["vcpu"].dropna().unique())},
+        "lock": _stats(locks) | {"by_mode": by_mode},
+        "fault": _stats(faults) | {"vcpus": sorted(int(v) for v in faults["vcpu"].dropna().unique())},
         "task_names": sorted(set(w["comm"].astype(str)))[:16],
     }
 
@@ -60,18 +62,24 @@ def mmu_lock_waits(cap: Capture, w: pd.DataFrame | None = None) -> pd.DataFrame:
     if known:
         return locks[locks["lock"].isin(known)]
     vcpu_pids = set(w.loc[w["kind"] == FAULT, "pid"].tolist())
-    return locks[locks["pid"].isin(vcpu_pids) & locks["mode"].isin(["read", "write"])]
+    spin_rw = ((locks["flags"].fillna(0).astype(np.int64) & 1) == 1) & locks["mode"].isin(["read", "write"])
+    return locks[locks["pid"].isin(vcpu_pids) & spin_rw]
 
 
-def _waits(cap: Capture, end_ns: Optional[int] = None) -> pd.DataFrame:
+def _waits(cap: Capture) -> pd.DataFrame:
+    """mmu_lock waits and vCPU faults, with `end` (the capture's end for waits still open)."""
+    key = "__waiter_rows"
+    if key in cap._frames:
+        return cap._frames[key]
+    from tdptrace.metrics.stretches import capture_bounds
+
     w = df_waits(cap)
-    if w.empty:
-        return w
-    w = pd.concat([mmu_lock_waits(cap, w), w[w["kind"] == FAULT]])
-    if end_ns is None:
-        end_ns = int(pd.concat([w["ts"], w["end_ts"].dropna()]).max())
-    end = w["end_ts"].fillna(end_ns).astype(np.int64)
-    return w.assign(end=end.to_numpy(), wait_ns=(end - w["ts"]).to_numpy(np.int64))
+    if not w.empty:
+        w = pd.concat([mmu_lock_waits(cap, w), w[w["kind"] == FAULT]])
+    end = w["end_ts"].fillna(capture_bounds(cap)[1]).astype(np.int64)
+    w = w.assign(end=end.to_numpy(np.int64), wait_ns=(end - w["ts"]).to_numpy(np.int64))
+    cap._frames[key] = w
+    return w
 
 
 def waiters_between(cap: Capture, lo: int, hi: int, vm: Optional[str] = None,
@@ -80,7 +88,7 @@ def waiters_between(cap: Capture, lo: int, hi: int, vm: Optional[str] = None,
     zapping task itself left out."""
     w = _waits(cap)
     if w.empty:
-        return _describe(w.assign(wait_ns=pd.Series(dtype="int64")))
+        return _describe(w)
     m = (w["ts"].to_numpy(np.int64) <= hi) & (w["end"].to_numpy(np.int64) >= lo)
     if vm is not None:
         m &= ((w["kind"] == FAULT) | (w["lock"] == vm)).to_numpy()
@@ -98,7 +106,7 @@ def waiters_summary(cap: Capture) -> dict[str, Any]:
         out["unavailable"] = "no waiter events in this capture (record with --waiters)"
         return out
     w = _waits(cap)
-    out["all"] = _describe(w) if len(w) else _describe(df_waits(cap).assign(wait_ns=pd.Series(dtype="int64")))
+    out["all"] = _describe(w)
     out["per_vm"] = {str(pid): _describe(g) for pid, g in w.groupby("pid")} if len(w) else {}
     spans = cap.spans
     per_span = []

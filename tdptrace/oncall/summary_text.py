@@ -48,6 +48,11 @@ def render(s: dict[str, Any]) -> None:
         con.print(f"[yellow]spans: {s.get('spans_unavailable')}[/]")
     for line in page_table_lines(s):
         con.print(line, markup=False)
+    w = s.get("waiters") or {}
+    if w.get("recorded"):
+        from tdptrace.oncall.triage_text import waiters_text
+
+        con.print("waiters: " + (waiters_text(w.get("all")) or "none"), markup=False)
     lost = s["lost_events"]
     con.print(f"lost events: {lost}" if not lost else f"[red]lost events: {lost} {s['lost_events_per_cpu']}[/]")
     if s.get("unknown_events"):
