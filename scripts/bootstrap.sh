@@ -13,7 +13,8 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-pkgs=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools xz-utils zstd trace-cmd linux-perf)
+# prometheus: promtool and the server the exporter integration test starts on 127.0.0.1 (tests/live/test_prometheus.py).
+pkgs=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools xz-utils zstd trace-cmd linux-perf prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 from tdptrace import __version__
@@ -20,6 +21,25 @@ from tdptrace.live.stats import STATS_LEVELS, Snapshot
 FIRST_BUCKET_LOG2 = 13
 LAST_BUCKET_LOG2 = 34
 PREFIX = "tdptrace"
+# The windowed maximum gauge: the longest hold in the last WINDOW_S seconds, whatever the scrape interval
+# (up to the window) - the series alerts compare with round thresholds, exactly.
+WINDOW_S = 60.0
+
+# Short, stable reason codes for tdptrace_feature_available{reason=...} (prose stays in `doctor`).
+NO_KPROBES = "no_kprobes"
+NOT_ATTACHED = "not_attached"
+NO_TDP_TRACEPOINT = "no_tdp_tracepoint"
+TDP_MMU_OFF = "tdp_mmu_off"
+
+
+def reason_code(feature: str, feat: Any) -> str:
+    """Why `feature` cannot be measured here, as a code ('' when it can)."""
+    if feature not in feat.unavailable():
+        return ""
+    if feature in ("spans", "yields", "gaps"):
+        why = (feat.spans_reason or "").lower()
+        return NO_KPROBES if "kprobe" in why or "fentry" in why else NOT_ATTACHED
+    return NO_TDP_TRACEPOINT if not feat.tdp_tracepoint else TDP_MMU_OFF
 
 
 @dataclass(frozen=True)
@@ -31,6 +51,7 @@ class Published:
     reads: int
     read_errors: int
     last_read_seconds: float
+    window_max_gap_ns: dict[int, int] = field(default_factory=dict)  # per VM, over the last WINDOW_S seconds
 
 
 def gap_histogram(hist: Any, sum_ns: int) -> tuple[list[tuple[str, float]], float]:
@@ -88,10 +109,11 @@ class StatsCollector:
         yield info
         unavailable = feat.unavailable()
         avail = GaugeMetricFamily(f"{PREFIX}_feature_available",
-                                  "1 when this host lets tdptrace measure the feature, else 0 (see the reason label)",
+                                  "1 when this host lets tdptrace measure the feature, else 0 (reason: a code, "
+                                  "see docs/oncall.md); unmeasurable figures have no series at all",
                                   labels=["feature", "reason"])
         for f in ("zaps", "page_tables", "zap_all_fast", "spans", "yields", "gaps", "retained"):
-            avail.add_metric([f, unavailable.get(f, "")], 0.0 if f in unavailable else 1.0)
+            avail.add_metric([f, reason_code(f, feat)], 0.0 if f in unavailable else 1.0)
         yield avail
         vm_labels = ["vm", "comm"]
         zaps = CounterMetricFamily(f"{PREFIX}_spte_zaps", "SPTEs zapped (present -> not present) by level and kind",
@@ -115,6 +137,8 @@ class StatsCollector:
                                      "return to the next yield or the span end)", labels=vm_labels)
         gmax = GaugeMetricFamily(f"{PREFIX}_mmu_lock_gap_max_seconds", "longest gap since the exporter started",
                                  labels=vm_labels)
+        gwin = GaugeMetricFamily(f"{PREFIX}_mmu_lock_gap_max_1m_seconds",
+                                 f"longest gap in the last {WINDOW_S:g} s (exact: the alerts' series)", labels=vm_labels)
         for vm, t in sorted(snap.vms.items()):
             lab = [str(vm), t.comm]
             zl, zn = t.get("zap_leaf"), t.get("zap_nonleaf")
@@ -138,11 +162,14 @@ class StatsCollector:
                 b, s = gap_histogram(t.get("gap_hist"), t.scalar("gap_sum_ns"))
                 gaps.add_metric(lab, b, s)
                 gmax.add_metric(lab, t.scalar("gap_max_ns") / 1e9)
-        yield from (zaps, alloc, freed, fast, changes)
+                gwin.add_metric(lab, pub.window_max_gap_ns.get(vm, t.interval_max_gap_ns) / 1e9)
+        yield from (alloc, freed, fast)
+        if "zaps" not in unavailable:  # a figure the host cannot measure has no series, rather than a 0
+            yield from (zaps, changes)
         if "retained" not in unavailable:
             yield retained
         if feat.spans:
-            yield from (spans, yields, gaps, gmax)
+            yield from (spans, yields, gaps, gmax, gwin)
         lost = CounterMetricFamily(f"{PREFIX}_lost_events", "updates the BPF side could not count (maps full)",
                                    labels=["reason"])
         for reason, n in snap.lost.items():
@@ -171,6 +198,7 @@ class Poller(threading.Thread):
         self.reads = 0
         self.errors = 0
         self.last_error: Optional[BaseException] = None
+        self._recent: deque[tuple[float, dict[int, int]]] = deque()
 
     def current(self) -> Optional[Published]:
         return self._published  # one reference read: atomic, never blocks
@@ -184,7 +212,15 @@ class Poller(threading.Thread):
             self.last_error = exc
             return
         self.reads += 1
-        self._published = Published(snap, self.kernel, self.reads, self.errors, time.perf_counter() - t0)
+        now = time.monotonic()
+        self._recent.append((now, {vm: int(t.interval_max_gap_ns) for vm, t in snap.vms.items()}))
+        while self._recent and self._recent[0][0] < now - WINDOW_S:
+            self._recent.popleft()
+        window: dict[int, int] = {}
+        for _, per_vm in self._recent:  # one entry per read in the window (60 at the default interval)
+            for vm, ns in per_vm.items():
+                window[vm] = max(window.get(vm, 0), ns)
+        self._published = Published(snap, self.kernel, self.reads, self.errors, time.perf_counter() - t0, window)
 
     def run(self) -> None:
         while not self._halt.is_set():

@@ -41,7 +41,7 @@ def test_without_kprobes_span_metrics_are_absent_and_marked_unavailable():
     fams = families(_scrape_text(_snapshot(spans=False)))
     assert "tdptrace_mmu_lock_gap_seconds" not in fams and "tdptrace_zap_spans" not in fams
     s = samples(fams, "tdptrace_feature_available", "tdptrace_feature_available", feature="gaps")[0]
-    assert s.value == 0 and s.labels["reason"] == "no kprobes here"
+    assert s.value == 0 and s.labels["reason"] == "no_kprobes"
 
 
 def test_gap_histogram_is_cumulative_over_log2_buckets():
