@@ -24,7 +24,10 @@ FUNCTION_MODE: dict[str, str] = {
     "tdp_mmu_zap_leafs": WRITE, "kvm_tdp_mmu_zap_leafs": WRITE, "kvm_tdp_mmu_unmap_gfn_range": WRITE,
     "kvm_unmap_gfn_range": WRITE, "kvm_zap_gfn_range": WRITE, "kvm_tdp_mmu_zap_all": WRITE,
     "kvm_arch_flush_shadow_all": WRITE, "__kvm_tdp_mmu_zap_gfn_range": WRITE, "kvm_tdp_mmu_zap_hva_range": WRITE,
-    "kvm_tdp_mmu_zap_sp": WRITE, "kvm_tdp_mmu_zap_possible_nx_huge_page": WRITE,
+    "kvm_tdp_mmu_zap_sp": WRITE,
+    # Since Linux kernel commit a57750909580 ("KVM: x86/mmu: Recover TDP MMU NX huge pages using MMU read lock")
+    # (in v6.18); 6.18 names the function this (kvm_tdp_mmu_zap_sp before).
+    "kvm_tdp_mmu_zap_possible_nx_huge_page": READ,
     # 6.1: kvm_tdp_mmu_zap_invalidated_roots takes the read lock itself (later kernels pass `shared`).
     "kvm_tdp_mmu_zap_invalidated_roots": READ,
 }

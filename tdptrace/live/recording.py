@@ -31,7 +31,7 @@ class RecordOptions:
     event_pages: int = 4096     # 16 MiB of 64-byte events
     span_pages: int = 256       # 1 MiB of span records
     max_tables: int = 1 << 18
-    waiters: bool = False       # lock contention and vCPU fault latency (docs/capture-format.md "waits")
+    waiters: bool = False       # lock contention and vCPU fault latency (the capture-format doc, table waits)
 
     def validate(self) -> None:
         for name in ("event_pages", "span_pages"):
