@@ -50,6 +50,7 @@ class Finding:
     imported: bool
     waiters_recorded: bool
     capture: str
+    guest_size: Optional[str] = None
 
 
 def actions_for(f: Finding) -> list[Action]:
@@ -71,13 +72,14 @@ def actions_for(f: Finding) -> list[Action]:
         return out
     op = operation_class(f.function)
     era = era_behaviour(f.release)
+    size = f.guest_size or "SIZE"
     if op == ROOT_TEARDOWN and era is not None and era.strategy in ("5.15", "two-pass"):
         out.append(Action(KERNEL, f"kernel change: {era.era} tears a root down in "
                                   f"{'one recursive pass' if era.strategy == '5.15' else 'two passes'}; 6.9 and "
                                   "later tear it down in four passes (4K, 2M, 1G, root) and yield at every "
                                   "level: upgrade the host kernel, or compare the eras on this guest first",
-                          "tdptrace simulate -o old.tdp --size SIZE --scenario delete-slot --strategy "
-                          f"{era.strategy} && tdptrace simulate -o new.tdp --size SIZE --scenario delete-slot "
+                          f"tdptrace simulate -o old.tdp --size {size} --scenario delete-slot --strategy "
+                          f"{era.strategy} && tdptrace simulate -o new.tdp --size {size} --scenario delete-slot "
                           "--strategy four-pass && tdptrace compare old.tdp new.tdp"))
     if f.span_yields == 0 and f.can_yield != 0 and f.preempt in (None, "none", "voluntary"):
         built = f"this kernel is built with preempt={f.preempt}" if f.preempt else "on a non-preemptible kernel"
