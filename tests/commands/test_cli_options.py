@@ -84,6 +84,7 @@ def base_args(cmd: str, f: dict[str, Path], out: Path) -> list[str]:
         "triage": ["triage", cap],
         "plot": ["plot", cap, "-o", str(out / "figs")],
         "report": ["report", cap, "-o", str(out / "r.html")],
+        "export": ["export", cap, "-o", str(out / "t.perfetto-trace")],
         "compare": ["compare", cap, cap],
         "simulate": ["simulate", "-o", str(out / "s.tdp"), "--size", "64M"],
         "calibrate": ["calibrate", cap, "-o", str(out / "cal.json")],
