@@ -111,7 +111,8 @@ LOST = pa.schema([
 # Waiters (record --waiters): one row per wait. kind "lock": a lock:contention_begin .. contention_end pair of
 # one task (5.19+), lock = the keyed hash of the lock's address (a VM's mmu_lock is its struct kvm, so the
 # hash equals spans.vm and yields.lock), mode "read"/"write" for rwlocks (flags SPIN|READ, SPIN|WRITE).
-# kind "fault": kvm:kvm_page_fault .. the same vCPU thread's next kvm:kvm_entry, vcpu = its vcpu_id.
+# kind "fault": kvm:kvm_page_fault .. the same vCPU thread's next kvm:kvm_entry, vcpu = its vcpu_id; a fault
+# KVM retried on the same address is one wait up to the entry after the last retry (retries = how many).
 # ts = start of the wait; end_ts/wait_ns null when it had not ended when the capture did.
 WAITS = pa.schema(COMMON + [
     pa.field("kind", pa.string(), nullable=False),
@@ -123,6 +124,7 @@ WAITS = pa.schema(COMMON + [
     pa.field("vcpu", pa.int32()),
     pa.field("address", pa.uint64()),
     pa.field("error_code", pa.uint64()),
+    pa.field("retries", pa.int32()),
 ])
 
 # Kernel stacks kept with --stacks: one row per frame, stack_id matches spans.stack_id.

@@ -5,6 +5,12 @@ Lock waits: lock:contention_begin .. the next lock:contention_end of the same ta
 kernel/locking/qrwlock.c and friends fire them around the slow path). vCPU faults: kvm:kvm_page_fault .. the
 same thread's next kvm:kvm_entry. A begin followed by another begin of the same task and lock lost its end
 (dropped, counted); ends and entries with nothing open are not waits (other locks, ordinary VM entries).
+
+A fault KVM retries (RET_PF_RETRY: it re-enters the guest, which faults on the same address again - what 6.1
+does while an mmu-notifier invalidation is in progress, instead of waiting on mmu_lock) is one wait, from its
+first kvm_page_fault to the entry after the last retry, with `retries` counting them: consecutive faults of one
+vCPU thread on one address, each within RETRY_GAP_NS of the previous entry. The last fault wait of each thread
+is held back until the thread's next fault (or the end) shows whether it was retried.
 """
 from __future__ import annotations
 
@@ -25,6 +31,9 @@ WAIT_EVENTS = frozenset({CONTENTION_BEGIN, CONTENTION_END, PAGE_FAULT, ENTRY})
 # contention_begin flags (include/trace/events/lock.h, LCB_F_*): keep in sync with the tracepoint.
 LCB_FLAGS: dict[str, int] = {"SPIN": 1, "READ": 2, "WRITE": 4, "RT": 8, "PERCPU": 16, "MUTEX": 32}
 LCB_SPIN, LCB_READ, LCB_WRITE = 1, 2, 4
+# A re-fault on the same address this soon after the entry is KVM's retry, not a new fault: retries come tens
+# of microseconds apart even under nested emulation; a new fault needs the guest to run and the page to go.
+RETRY_GAP_NS = 10_000_000
 
 # Raw waiter events as decoded from one block (any text format), the shape WaitPairer.add takes.
 RAW_COLUMNS = ("ts", "seq", "cpu", "tid", "pid", "comm", "event", "lock", "flags", "vcpu", "address", "error_code")
@@ -52,6 +61,7 @@ class WaitPairer:
     hasher: PointerHasher
     open_locks: pd.DataFrame = field(default_factory=empty_raw)
     open_faults: pd.DataFrame = field(default_factory=empty_raw)
+    held_faults: pd.DataFrame | None = None
     lost_ends: int = 0
     seen_lock: bool = False
     seen_fault: bool = False
@@ -66,7 +76,8 @@ class WaitPairer:
         self.seen_fault |= len(faults) > 0
         done = [self._pair(pd.concat([self.open_locks, locks], ignore_index=True), ["tid", "lock"],
                            CONTENTION_BEGIN, "lock"),
-                self._pair(pd.concat([self.open_faults, faults], ignore_index=True), ["tid"], PAGE_FAULT, "fault")]
+                self._coalesce(self._pair(pd.concat([self.open_faults, faults], ignore_index=True), ["tid"],
+                                          PAGE_FAULT, "fault"), last=False)]
         return pd.concat([d for d in done if len(d)], ignore_index=True) if any(len(d) for d in done) else \
             self._frame(empty_raw(), None)
 
@@ -108,9 +119,38 @@ class WaitPairer:
 
     def close(self) -> pd.DataFrame:
         """Waits still open when the capture ended (end_ts null)."""
-        out = [self._frame(self.open_locks, None, "lock"), self._frame(self.open_faults, None, "fault")]
+        out = [self._frame(self.open_locks, None, "lock"), self._coalesce(self._frame(empty_raw(), None, "fault"),
+                                                                          last=True),
+               self._frame(self.open_faults, None, "fault")]
         self.open_locks, self.open_faults = empty_raw(), empty_raw()
-        return pd.concat(out, ignore_index=True)
+        return pd.concat([o for o in out if len(o)], ignore_index=True) if any(len(o) for o in out) else out[0]
+
+    def _coalesce(self, done: pd.DataFrame, last: bool) -> pd.DataFrame:
+        """Merge retried faults (see the module docstring); hold each thread's last wait back unless `last`."""
+        parts = [d for d in (self.held_faults, done) if d is not None and len(d)]
+        if not parts:
+            return done
+        w = pd.concat(parts, ignore_index=True).sort_values(["tid", "ts"], kind="stable", ignore_index=True)
+        tid = w["tid"].to_numpy(np.int64)
+        addr = w["address"].astype("UInt64").fillna(0).to_numpy(np.uint64)
+        vcpu = w["vcpu"].astype("Int64").fillna(-1).to_numpy(np.int64)
+        end = w["end_ts"].astype("Int64").fillna(np.iinfo(np.int64).max).to_numpy(np.int64)
+        ts = w["ts"].to_numpy(np.int64)
+        cont = np.zeros(len(w), bool)
+        cont[1:] = (tid[1:] == tid[:-1]) & (addr[1:] == addr[:-1]) & (vcpu[1:] == vcpu[:-1]) \
+            & (ts[1:] - end[:-1] <= RETRY_GAP_NS) & (ts[1:] >= end[:-1])
+        group = np.cumsum(~cont)
+        g = w.groupby(group, sort=False)
+        first = w[~cont].reset_index(drop=True)
+        first["end_ts"] = g["end_ts"].last().to_numpy()
+        first["wait_ns"] = first["end_ts"] - first["ts"]
+        first["retries"] = (g.size().to_numpy() - 1 + g["retries"].sum().to_numpy()).astype(np.int32)
+        if last:
+            self.held_faults = None
+            return first[WAITS.names]
+        is_last = np.append(first["tid"].to_numpy()[1:] != first["tid"].to_numpy()[:-1], True)
+        self.held_faults = first[is_last].reset_index(drop=True)
+        return first[~is_last].reset_index(drop=True)[WAITS.names]
 
     def _frame(self, starts: pd.DataFrame, end_ts: np.ndarray | None, kind: str = "lock") -> pd.DataFrame:
         n = len(starts)
@@ -132,6 +172,8 @@ class WaitPairer:
                                                                                              dtype="Int32"),
             "address": starts["address"].astype("UInt64").to_numpy(),
             "error_code": starts["error_code"].astype("UInt64").to_numpy(),
+            "retries": pd.array(np.zeros(n, np.int32), dtype="Int32") if not is_lock else
+            pd.array([pd.NA] * n, dtype="Int32"),
         })
         return out[WAITS.names]
 
