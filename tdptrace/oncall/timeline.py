@@ -11,7 +11,6 @@ Timestamps are the capture clock in ns, unchanged: the time base of triage, repo
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Optional
@@ -324,61 +323,34 @@ class TimelineWriter:
 
 def export(cap: Capture, output: Path, reports: Optional[list[KernelReport]] = None,
            force: bool = False) -> ExportStats:
-    """Write the capture's timeline to `output` (created 0600 through its directory's fd, never through a
-    link; an existing file is replaced only with `force`)."""
+    """Write the capture's timeline to `output`: streamed to a 0600 temporary file in the output's directory,
+    opened through its descriptor, and renamed into place (tdptrace.safefs), so a link planted under either name
+    is replaced, never written through; an existing file is replaced only with `force`."""
+    import stat as st_
+
     from perfetto.trace_builder.proto_builder import StreamingTraceProtoBuilder
 
+    from tdptrace.safefs import open_parent
+
     w = TimelineWriter(cap, reports)
-    n = 0
-    with _private_output(output, force) as f:
+    counts = {"packets": 0, "bytes": 0}
+
+    def fill(f: BinaryIO) -> None:
         b = StreamingTraceProtoBuilder(f)
         for p in w.packets():
             b.write_packet(p)
-            n += 1
-        size = f.tell()
-    return ExportStats(path=output, packets=n, bytes=size, **w.counts)
+            counts["packets"] += 1
+        counts["bytes"] = f.tell()
 
-
-class _private_output:
-    """A new file written as .NAME.tmpPID beside `path` (O_EXCL|O_NOFOLLOW, 0600, via the directory fd) and
-    renamed over `path` when complete; removed on error."""
-
-    def __init__(self, path: Path, force: bool) -> None:
-        self.path, self.force = path, force
-        parent = path.parent if str(path.parent) else Path(".")
+    parent, name = open_parent(output)
+    with parent:
+        st = parent.lstat(name)
+        if st is not None and not st_.S_ISREG(st.st_mode):
+            raise BadInput(f"{output} exists and is not a regular file", "choose another -o")
+        if st is not None and not force:
+            raise BadInput(f"{output} already exists", "choose another -o or pass --force to replace it")
         try:
-            self.dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-        except FileNotFoundError:
-            raise BadInput(f"directory {parent} does not exist", "create it first or choose another -o") from None
-        except NotADirectoryError:
-            raise BadInput(f"{parent} is not a directory", "choose another -o") from None
-        try:
-            st = os.stat(path.name, dir_fd=self.dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            st = None
-        if st is not None:
-            import stat
-
-            if not stat.S_ISREG(st.st_mode):
-                os.close(self.dir_fd)
-                raise BadInput(f"{path} exists and is not a regular file", "choose another -o")
-            if not force:
-                os.close(self.dir_fd)
-                raise BadInput(f"{path} already exists", "choose another -o or pass --force to replace it")
-        self.tmp = f".{path.name}.tmp{os.getpid()}"
-
-    def __enter__(self) -> BinaryIO:
-        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=self.dir_fd)
-        os.fchmod(fd, 0o600)
-        self.f = os.fdopen(fd, "wb")
-        return self.f
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            self.f.close()
-            if exc_type is None:
-                os.rename(self.tmp, self.path.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-            else:
-                os.unlink(self.tmp, dir_fd=self.dir_fd)
-        finally:
-            os.close(self.dir_fd)
+            parent.write_with(name, fill)
+        except OSError as exc:
+            raise BadInput(f"cannot write {output}: {exc.strerror or exc}", "choose another -o") from None
+    return ExportStats(path=output, packets=counts["packets"], bytes=counts["bytes"], **w.counts)
