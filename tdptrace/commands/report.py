@@ -27,7 +27,7 @@ def report_cmd(
                                                  "spans; - = stdin.")] = None,
     dmesg_tz: Annotated[Optional[str], typer.Option("--dmesg-tz", metavar="OFFSET", help="UTC offset of dmesg -T "
                                                     "stamps.")] = None,
-    limits: Annotated[Optional[str], typer.Option("--limits", metavar="KEY=VALUE[,...]", help="The host's limits "
+    limits: Annotated[Optional[str], typer.Option("--limits", metavar="LIMITS", help="The host's limits "
                                                   "where the capture has none (imports): "
                                                   "rcu_cpu_stall_timeout=S,watchdog_thresh=S,hz=N.")] = None,
     guest_size: Annotated[Optional[str], typer.Option("--guest-size", metavar="SIZE", help="Also model each hold "

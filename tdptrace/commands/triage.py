@@ -32,7 +32,7 @@ def triage_cmd(
                                                     "(default: this machine's time zone), e.g. UTC, +01:00.")]
     = None,
     top: Annotated[int, typer.Option("--top", metavar="N", help="How many of the longest stretches to show.")] = 5,
-    limits: Annotated[Optional[str], typer.Option("--limits", metavar="KEY=VALUE[,...]", help="The host's limits "
+    limits: Annotated[Optional[str], typer.Option("--limits", metavar="LIMITS", help="The host's limits "
                                                   "where the capture has none (imports): "
                                                   "rcu_cpu_stall_timeout=S,watchdog_thresh=S,hz=N.")] = None,
     guest_size: Annotated[Optional[str], typer.Option("--guest-size", metavar="SIZE", help="Also model each hold "
