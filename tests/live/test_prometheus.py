@@ -36,10 +36,13 @@ def _query(port: int, expr: str) -> list[dict]:
     return d["data"]["result"]
 
 
-def _wait(what: str, check, timeout: float = 60, step: float = 0.5):
-    """Poll `check` (returning a value or None) until it gives a value; bounded in time."""
+def _wait(what: str, check, timeout: float = 60, step: float = 0.5, proc: subprocess.Popen | None = None):
+    """Poll `check` (returning a value or None) until it gives a value; bounded in time, and over at once
+    (with what the process said) when the process it waits for has exited."""
     deadline = time.monotonic() + timeout
     while True:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what} exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
         try:
             v = check()
         except OSError:
@@ -75,16 +78,16 @@ scrape_configs:
 """)
     check = subprocess.run([tool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    serve = subprocess.Popen(TDPTRACE + ["serve", "--listen", f"127.0.0.1:{exp_port}", "--interval", "0.2"],
+    serve = subprocess.Popen(TDPTRACE + ["serve", "200ms", "--listen", f"127.0.0.1:{exp_port}"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
     server = None
     try:
-        _wait("tdptrace serve", lambda: serve.poll() is None and _get(f"http://127.0.0.1:{exp_port}/metrics"))
+        _wait("tdptrace serve", lambda: _get(f"http://127.0.0.1:{exp_port}/metrics"), proc=serve)
         server = subprocess.Popen([prom, f"--config.file={tmp_path / 'prometheus.yml'}",
                                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                                    f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-        up = _wait("the first scrape", lambda: server.poll() is None and _query(prom_port, 'up{job="tdptrace"} == 1'))
+        up = _wait("the first scrape", lambda: _query(prom_port, 'up{job="tdptrace"} == 1'), proc=server)
         assert up[0]["metric"]["instance"] == f"127.0.0.1:{exp_port}"
         report = run_exercise(32)
         pid = str(report["pid"])
