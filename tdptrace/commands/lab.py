@@ -8,6 +8,9 @@ import typer
 
 from tdptrace.options import HOUR, Group, command, duration_option, force_option, writer_json
 
+KERNEL_HELP = ("Lab kernel (5.10, 6.1, 6.12, 6.17, 7.3) or a Debian kernel image package, "
+               "linux-image-RELEASE[=VERSION][@SUITE].")
+
 lab_app = typer.Typer(help="The lab: stock Debian kernels under QEMU with a real TDP MMU, traced with tracefs.",
                       no_args_is_help=True, rich_markup_mode=None, cls=Group)
 
@@ -20,7 +23,7 @@ def register(app: typer.Typer) -> None:
          ("tdptrace lab run", "6.1 guest, 128 MiB, the five phases once; prints the summary"),
          ("tdptrace lab run -k 5.10 --thp --hog -o runs/510 --json", "5.10 with THP and CPU contention, as JSON"))
 def run_cmd(
-    kernel: Annotated[str, typer.Option("--kernel", "-k", metavar="KERNEL", help="Lab kernel: 5.10, 6.1 or 6.12.")]
+    kernel: Annotated[str, typer.Option("--kernel", "-k", metavar="KERNEL", help=KERNEL_HELP)]
     = "6.1",
     mib: Annotated[int, typer.Option("--mib", "-m", metavar="N", help="L2 guest memory in MiB (multiple of 4).")]
     = 128,
@@ -77,50 +80,70 @@ def run_cmd(
     typer.echo(f"capture: {r.capture}\ntrace:   {r.trace}\nconsole: {Path(r.out) / 'console.log'}")
 
 
-@command(lab_app, "kernels", "The lab's kernels and what the cache holds for each.",
+@command(lab_app, "kernels", "The lab's kernels, what the cache holds for each, and what Debian offers.",
          ("tdptrace lab kernels", "which kernels the lab boots and which are in the cache"),
-         ("tdptrace lab kernels --fetch", "download and unpack them all now"))
+         ("tdptrace lab kernels --fetch", "download and unpack them all now"),
+         ("tdptrace lab kernels --available", "every amd64 kernel image the Debian suites offer, bootable or not"))
 def kernels_cmd(
     fetch: Annotated[bool, typer.Option("--fetch", help="Download and unpack every lab kernel now.")] = False,
-    refresh: Annotated[bool, typer.Option("--refresh", help="Ask apt again which build each kernel is.")] = False,
+    refresh: Annotated[bool, typer.Option("--refresh", help="Ask the archive again which build each kernel is.")]
+    = False,
+    available: Annotated[bool, typer.Option("--available", help="List the kernel images the Debian suites offer "
+                                            "(bullseye to sid, security and backports) instead.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the list as one JSON object.")] = False,
 ) -> None:
-    """List the lab's kernels and what the cache holds for each."""
+    """List the lab's kernels and what the cache holds for each, or (--available) what the archive offers."""
     from tdptrace.lab import kernels
     from tdptrace.lab.host import cache_dir, ensure_host_packages
 
+    if available:
+        from tdptrace.lab import debian
+
+        offered = debian.available()
+        if as_json:
+            typer.echo(json.dumps({"suites": list(debian.SUITES), "kernels": offered}, indent=1))
+            return
+        from tdptrace.textsafe import clean
+
+        cols = ("suite", "package", "version", "packaging", "bootable")
+        widths = [max([len(c)] + [len(r[c]) for r in offered]) for c in cols]
+        for line in [dict(zip(cols, cols))] + offered:
+            typer.echo(clean("  ".join(line[c].ljust(w) for c, w in zip(cols, widths)).rstrip()))
+        typer.echo(f"{len(offered)} kernel images; boot one with: tdptrace lab run --kernel "
+                   "linux-image-RELEASE[=VERSION][@SUITE]")
+        return
     if fetch or refresh:
         ensure_host_packages()
     rows = []
-    for name, src in kernels.KERNEL_SOURCES.items():
-        pointer = cache_dir() / "kernels" / f"{name}.json"
-        if fetch or refresh:
-            k = kernels.fetch(name, refresh=refresh)
-            release, version = k.release, k.version
-        elif pointer.exists():
-            info = json.loads(pointer.read_text())
-            release, version = info["release"], info["version"]
-        else:
-            release, version = None, None
-        rows.append({"kernel": name, "release": release, "version": version, "why": src.why})
+    for name, lk in kernels.LAB_KERNELS.items():
+        k = kernels.fetch(name, refresh=refresh) if fetch or refresh else kernels.cached(name)
+        rows.append({"kernel": name, "spec": lk.spec, "release": k.release if k else None,
+                     "version": k.version if k else None, "packaging": k.packaging if k else None,
+                     "preemption": k.preemption if k else None, "why": lk.why})
     if as_json:
         typer.echo(json.dumps({"cache": str(cache_dir()), "kernels": rows}, indent=1))
         return
+    _table(("kernel", "Debian package", "cached build", "preemption", "why it is in the lab"),
+           [(r["kernel"], r["spec"], r["version"] or "(not fetched)", r["preemption"] or "-", r["why"])
+            for r in rows])
+    typer.echo(f"cache: {cache_dir()}")
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("kernel", "release", "package version", "why it is in the lab")
+    table = Table(*header)
     for r in rows:
-        table.add_row(r["kernel"], r["release"] or "(not fetched)", r["version"] or "-", r["why"])
+        table.add_row(*r)
     Console().print(table)
-    typer.echo(f"cache: {cache_dir()}")
 
 
 @command(lab_app, "probes", "The kprobe_events lines the lab writes for a kernel.",
          ("tdptrace lab probes", "the kprobe_events lines for the 6.1 lab kernel"),
          ("tdptrace lab probes -k 5.10 --json", "5.10's, with what was not attached and why, as JSON"))
 def probes_cmd(
-    kernel: Annotated[str, typer.Option("--kernel", "-k", metavar="KERNEL", help="Lab kernel: 5.10, 6.1 or 6.12.")]
+    kernel: Annotated[str, typer.Option("--kernel", "-k", metavar="KERNEL", help=KERNEL_HELP)]
     = "6.1",
     as_json: Annotated[bool, typer.Option("--json", help="Print the lines, tracepoints and skipped probes as one "
                                           "JSON object.")] = False,
@@ -129,7 +152,7 @@ def probes_cmd(
     from tdptrace.lab import kernels, run
     from tdptrace.lab.host import ensure_host_packages
 
-    kernels.kernel_source(kernel)  # an unknown kernel fails here, before any package is installed
+    kernels.spec_of(kernel)  # an unknown kernel or a bad spec fails here, before any package is installed
     ensure_host_packages()
     k = kernels.fetch(kernel)
     res = run.resolve_probes(k)
@@ -148,8 +171,8 @@ def probes_cmd(
          ("tdptrace lab rootfs", "the chroot with BCC and the 6.1 lab kernel's headers"),
          ("tdptrace lab rootfs -k 6.12 --json", "add the 6.12 kernel's headers; the directory as JSON"))
 def rootfs_cmd(
-    kernel: Annotated[str, typer.Option("--kernel", "-k", metavar="KERNEL", help="Lab kernel whose headers to "
-                                        "install.")] = "6.1",
+    kernel: Annotated[str, typer.Option("--kernel", "-k", metavar="KERNEL", help="Lab kernel (or Debian "
+                                        "spec) whose headers to install.")] = "6.1",
     as_json: Annotated[bool, typer.Option("--json", help="Print the rootfs directory as one JSON object.")] = False,
 ) -> None:
     """Build (or extend) the bookworm chroot with BCC, the kernel's headers and tdptrace, for --chroot-cmd."""
@@ -157,7 +180,7 @@ def rootfs_cmd(
     from tdptrace.lab.host import ensure_host_packages
     from tdptrace.lab.run import source_tree
 
-    kernels.kernel_source(kernel)  # an unknown kernel fails here, before any package is installed
+    kernels.spec_of(kernel)  # an unknown kernel or a bad spec fails here, before any package is installed
     ensure_host_packages()
     root = rootfs.build(kernels.fetch(kernel), project=source_tree())
     if as_json:

@@ -28,9 +28,9 @@ class Scenario:
     chroot_cmd: str | None = None  # a command run inside the BCC rootfs alongside the workload (rootfs.py)
 
     def __post_init__(self) -> None:
-        from tdptrace.lab.kernels import kernel_source
+        from tdptrace.lab.kernels import spec_of
 
-        kernel_source(self.kernel)  # a clear error for an unknown kernel, before anything starts
+        spec_of(self.kernel)  # a clear error for an unknown kernel or a bad spec, before anything starts
         if self.mib < 8 or self.mib > 4096 or self.mib % 4:
             raise BadInput(f"--mib {self.mib}: guest memory must be a multiple of 4 MiB in [8, 4096]")
         if self.base_mib < 0 or self.base_mib % 2:
@@ -51,7 +51,9 @@ class Scenario:
     @property
     def name(self) -> str:
         """A short name such as k6.1-512m-hog or k5.10-256m-thp."""
-        return (f"k{self.kernel}-{self.mib}m" + (f"-at{self.base_mib}m" if self.base_mib else "")
+        from tdptrace.lab.kernels import label
+
+        return (f"k{label(self.kernel)}-{self.mib}m" + (f"-at{self.base_mib}m" if self.base_mib else "")
                 + ("-thp" if self.thp else "") + ("-hog" if self.hog else ""))
 
     @property
