@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -69,6 +70,15 @@ def _installed_digest(root: Path) -> str:
     return f.read_text() if f.exists() else ""
 
 
+def _has_headers(root: Path, release: str) -> bool:
+    """Whether the rootfs has /lib/modules/RELEASE/build, resolved inside the rootfs (the link is absolute)."""
+    link = root / "lib" / "modules" / release / "build"
+    if not link.is_symlink():
+        return link.is_dir()
+    target = Path(os.readlink(link))
+    return (root / str(target).lstrip("/") if target.is_absolute() else link.parent / target).is_dir()
+
+
 def build(kernel: Kernel, project: Path | None = None) -> Path:
     """The rootfs with `kernel`'s headers (and tdptrace from `project`, a source tree, when given)."""
     root = cache_dir() / "rootfs" / "bookworm"
@@ -85,11 +95,11 @@ def build(kernel: Kernel, project: Path | None = None) -> Path:
         stamp.touch()
     headers = f"linux-headers-{kernel.release}"
     with _mounted(root):
-        if not (root / "lib" / "modules" / kernel.release / "build").exists():
+        if not _has_headers(root, kernel.release):
             _chroot(root, "apt-get", "update", "-q", what="apt-get update (rootfs)")
             _chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", headers,
                     what=f"apt-get install {headers} (rootfs)")
-            if not (root / "lib" / "modules" / kernel.release / "build").exists():
+            if not _has_headers(root, kernel.release):
                 raise MissingCapability(f"{headers} installed no /lib/modules/{kernel.release}/build in the rootfs")
         if project is not None and _project_digest(project) != _installed_digest(root):
             src = root / "opt" / "tdptrace-src"
