@@ -119,6 +119,25 @@ SPAN_PROBES(8) SPAN_PROBES(9) SPAN_PROBES(10) SPAN_PROBES(11)
 SPAN_PROBES(12) SPAN_PROBES(13) SPAN_PROBES(14) SPAN_PROBES(15)
 _Static_assert(TDP_MAX_FUNCS == 16, "one SPAN_PROBES(i) above per func_args entry");
 
+/* VMM calls: vmm_call_N for the function user space put at vmm_args[N]; entry only. */
+static __always_inline int on_vmm_call(struct pt_regs *ctx, u32 idx)
+{
+	struct regs6 r;
+	r.r[0] = PT_REGS_PARM1(ctx);
+	r.r[1] = PT_REGS_PARM2(ctx);
+	r.r[2] = PT_REGS_PARM3(ctx);
+	r.r[3] = PT_REGS_PARM4(ctx);
+	r.r[4] = PT_REGS_PARM5(ctx);
+	r.r[5] = PT_REGS_PARM6(ctx);
+	return vmm_call(bpf_get_current_pid_tgid(), idx, &r);
+}
+
+int vmm_call_0(struct pt_regs *ctx) { return on_vmm_call(ctx, 0); }
+int vmm_call_1(struct pt_regs *ctx) { return on_vmm_call(ctx, 1); }
+int vmm_call_2(struct pt_regs *ctx) { return on_vmm_call(ctx, 2); }
+int vmm_call_3(struct pt_regs *ctx) { return on_vmm_call(ctx, 3); }
+_Static_assert(TDP_MAX_VMM_CALLS == 4, "one vmm_call_N above per vmm_args entry");
+
 /* Yield points; the lock is their first argument, the flavour rides in tdp_event.flags. */
 static __always_inline int on_yield_entry(struct pt_regs *ctx, u32 which)
 {

@@ -50,15 +50,23 @@
 #define TDP_ARG_REGS 6
 /* Map `pids` (-p): the processes a recording is limited to. */
 #define TDP_MAX_PIDS 1024
+/* VMM calls (memslot ioctls, VM creation): programs vmm_call_N for N < TDP_MAX_VMM_CALLS, each reading its
+ * struct tdp_func_args (map `vmm_args`, index N) for the kvm argument; the caller becomes the VM's owner. */
+#define TDP_MAX_VMM_CALLS 4
+/* struct tdp_vm_owner.how: who decided a VM's owner (map `vm_owner`). */
+#define TDP_OWNER_FIRST_ZAP 0 /* the first task seen zapping it (no VMM call seen yet) */
+#define TDP_OWNER_VMM_CALL 1  /* the VMM's own call: final */
 
 /* record_selftest.bpf.c: the test process replays a trace with
  * syscall(SYS_getpid, op, a1, a2, a3, a4, TDP_SELFTEST_MAGIC); nothing else reaches its handlers. */
 #define TDP_SELFTEST_MAGIC 0x7464707472616365ULL /* "tdptrace" */
 #define TDP_SELFTEST_SPTE 1         /* a1 gfn, a2 old, a3 new, a4 level | as_id << 8 | tid << 16 */
 #define TDP_SELFTEST_SPAN_ENTRY 2   /* a1 tid, a2 ts, a3 func_id, a4 zap_level (register 3) */
-#define TDP_SELFTEST_SPAN_RETURN 3  /* a1 tid, a2 ts, a3 func_id, a4 ret */
+#define TDP_SELFTEST_SPAN_RETURN 3  /* a1 tid (or tgid << 32 | tid), a2 ts, a3 func_id, a4 ret */
 #define TDP_SELFTEST_YIELD_ENTRY 4  /* a1 tid, a2 ts, a3 lock, a4 TDP_F_YIELD_* */
 #define TDP_SELFTEST_YIELD_RETURN 5 /* a1 tid, a2 ts, a3 ret */
+#define TDP_SELFTEST_VMM_CALL 6     /* a1 tgid << 32 | tid, a2 vmm_args index, a3 kvm */
+#define TDP_SELFTEST_SPAN_ENTRY_VM 7 /* a1 tgid << 32 | tid, a2 ts, a3 func_id, a4 kvm (register 0) */
 
 struct tdp_spte_body {
 	__u64 gfn;
@@ -140,8 +148,14 @@ struct tdp_func_args {
 	__s8 flush;
 	__s8 shared;
 	__s8 zap_level;
-	__s8 vmm_call; /* only the VMM itself calls it (memslot ioctl): its caller owns the VM */
+	__s8 vmm_call; /* only the VMM itself calls it (memslot ioctl, VM creation): its caller owns the VM */
 	__u8 pad[7];
+};
+
+/* Map `vm_owner` value: the process that owns a VM (struct kvm) and how that was decided. */
+struct tdp_vm_owner {
+	__u32 tgid;
+	__u32 how; /* TDP_OWNER_* */
 };
 
 #endif /* TDPTRACE_RECORD_H */

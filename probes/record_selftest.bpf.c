@@ -36,8 +36,18 @@ TRACEPOINT_PROBE(raw_syscalls, sys_enter)
 		r.r[3] = a4; /* zap_level, for a func_args entry that says register 3 */
 		return (span_begin(args, tgid | a1, a2, a3, &r), TDP_TP_PASS);
 	}
+	if (op == TDP_SELFTEST_SPAN_ENTRY_VM) {
+		struct regs6 r = {};
+		r.r[0] = a4; /* kvm, for a func_args entry that says register 0 */
+		return (span_begin(args, a1, a2, a3, &r), TDP_TP_PASS);
+	}
+	if (op == TDP_SELFTEST_VMM_CALL) {
+		struct regs6 r = {};
+		r.r[0] = a3;
+		return (vmm_call(a1, a2, &r), TDP_TP_PASS);
+	}
 	if (op == TDP_SELFTEST_SPAN_RETURN)
-		return (span_end(args, tgid | a1, a2, a3, a4), TDP_TP_PASS);
+		return (span_end(args, (a1 >> 32) ? a1 : (tgid | a1), a2, a3, a4), TDP_TP_PASS);
 	if (op == TDP_SELFTEST_YIELD_ENTRY)
 		return (yield_begin(args, tgid | a1, a2, a3, a4), TDP_TP_PASS);
 	if (op == TDP_SELFTEST_YIELD_RETURN)

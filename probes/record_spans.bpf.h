@@ -2,8 +2,11 @@
  *
  * Entry pushes a frame on the task's state (nesting up to TDP_MAX_DEPTH), yield points inside it close gaps
  * (max gap, time away, lock drops), and the return emits ONE tdp_span record with duration, yields, max gap,
- * zaps by level and the retained count: a span that zaps millions of SPTEs costs one record. Also here: the
- * -p filter, which follows a selected VM into the kernel threads that zap on its behalf.
+ * zaps by level and the retained count: a span that zaps millions of SPTEs costs one record. Also here: each
+ * VM's owner and the -p filter. The owner is the process whose own calls (memslot ioctls, VM creation: the
+ * vmm_call_N kprobes) name the VM; until such a call is seen, the first task seen zapping it. -p keeps the
+ * spans of the selected processes' VMs whoever runs them (kworkers, kswapd, another process's direct reclaim)
+ * and nothing of other VMs, even when a selected process zaps them.
  *
  * Settings: TDP_WITH_SPANS (compile the span state; kprobes only), TDP_YIELD_RETURN (kretprobes on the yield
  * points are attached, else the entry closes the yield), TDP_FILTER_PIDS (keep only the VMs of the tgids in
@@ -58,7 +61,8 @@ struct task_state {
 BPF_HASH(tasks, u32, struct task_state, 4096);
 BPF_PERCPU_ARRAY(task_zero, struct task_state, 1);  /* never written: the initial value of a task */
 BPF_ARRAY(func_args, struct tdp_func_args, TDP_MAX_FUNCS);
-BPF_HASH(vm_owner, u64, u32, 1024);
+BPF_HASH(vm_owner, u64, struct tdp_vm_owner, 1024);
+BPF_ARRAY(vmm_args, struct tdp_func_args, TDP_MAX_VMM_CALLS);
 #if TDP_STACKS
 BPF_STACK_TRACE(stack_traces, 4096);
 #endif
@@ -73,15 +77,14 @@ static __always_inline struct task_state *task_lookup(u32 tid)
 #endif
 }
 
-/* Is the current task one the user asked for (-p), or inside a span on such a VM? */
+/* Does the current event belong to what the user asked for (-p)? Inside a span: whether the span's VM is
+ * selected; outside: whether the task is one of the selected processes. */
 static __always_inline bool selected(u32 tgid, struct task_state *st)
 {
 #if TDP_FILTER_PIDS
-	if (pids.lookup(&tgid))
-		return true;
-	if (st && st->depth > 0 && st->f[0].selected)
-		return true;
-	return false;
+	if (st && st->depth > 0)
+		return st->f[0].selected;
+	return pids.lookup(&tgid) != 0;
 #else
 	return true;
 #endif
@@ -134,20 +137,18 @@ static __always_inline int span_begin(void *ctx, u64 id, u64 now, u32 func_id, s
 	struct regs6 r = *rp;
 	u64 kvm = reg_arg(&r, a->kvm);
 	u8 sel = 1;
-#if TDP_FILTER_PIDS
-	if (pids.lookup(&tgid)) {
-		if (kvm)
-			vm_owner.update(&kvm, &tgid);
-	} else {
-		u32 *owner = kvm ? vm_owner.lookup(&kvm) : 0;
-		sel = owner != 0;
+	/* The VM's owner: a VMM call decided it (vmm_call), or the first task seen zapping it does for now. */
+	u32 owner = tgid;
+	if (kvm) {
+		struct tdp_vm_owner first = {.tgid = tgid, .how = TDP_OWNER_FIRST_ZAP};
+		struct tdp_vm_owner *o = vm_owner.lookup(&kvm);
+		if (o)
+			owner = o->tgid;
+		else
+			vm_owner.insert(&kvm, &first);
 	}
-#else
-	/* The VM's owner: the VMM's own calls (memslot ioctls) decide; otherwise the first task seen. */
-	if (kvm && a->vmm_call)
-		vm_owner.update(&kvm, &tgid);
-	else if (kvm)
-		vm_owner.insert(&kvm, &tgid);
+#if TDP_FILTER_PIDS
+	sel = pids.lookup(&owner) != 0;
 #endif
 	struct task_state *st = tasks.lookup(&tid);
 	if (!st) {
@@ -197,6 +198,21 @@ static __always_inline int span_begin(void *ctx, u64 id, u64 now, u32 func_id, s
 	f->stack_id = -1;
 #endif
 	st->depth = d + 1;
+	return 0;
+}
+
+/* A VMM call (vmm_args[idx]: memslot ioctl, VM creation) by task `id`: its process owns the VM for good. */
+static __always_inline int vmm_call(u64 id, u32 idx, struct regs6 *rp)
+{
+	struct tdp_func_args *a = vmm_args.lookup(&idx);
+	if (!a)
+		return 0;
+	struct regs6 r = *rp;
+	u64 kvm = reg_arg(&r, a->kvm);
+	if (!kvm)
+		return 0;
+	struct tdp_vm_owner o = {.tgid = id >> 32, .how = TDP_OWNER_VMM_CALL};
+	vm_owner.update(&kvm, &o);
 	return 0;
 }
 

@@ -44,8 +44,12 @@ PREFERRED_SPAN_FUNCTIONS: tuple[str, ...] = (
 # take the outermost of these on a task as one span.
 ZAP_LOOPS: tuple[str, ...] = ("tdp_mmu_zap_leafs", "__tdp_mmu_zap_root", "tdp_mmu_zap_root", "zap_gfn_range")
 
-# Called only from the VMM's own ioctls (memslot changes): whoever calls them owns the VM (docs/kernel.md).
-VMM_CALLS: frozenset[str] = frozenset({"kvm_arch_flush_shadow_memslot", "kvm_mmu_zap_all_fast"})
+# Called only from the VMM's own ioctls (VM creation, memslot changes): whoever calls them owns the VM, so
+# zaps of that VM run by kworkers, kswapd or another process's direct reclaim are still the VM's
+# (docs/kernel.md). Not zap spans: the recorder probes their entry only. kvm is their first parameter in
+# every era; kvm_mmu_zap_all_fast is inlined on some builds (6.12, 7.x), the others are real symbols.
+VMM_CALLS: tuple[str, ...] = ("kvm_arch_flush_shadow_memslot", "kvm_mmu_zap_all_fast", "kvm_arch_init_vm",
+                              "kvm_arch_prepare_memory_region")
 
 # What kind of work each zap function does; operations group spans by it (metrics.operations).
 ROOT_TEARDOWN = "root teardown"

@@ -60,6 +60,11 @@ SIGNATURES: dict[str, tuple[Signature, ...]] = {
     "kvm_arch_flush_shadow_memslot": (Signature((5, 10), _ANY, ("kvm", "slot")),),
     "kvm_arch_flush_shadow_all": (Signature((5, 10), _ANY, ("kvm",)),),
     "kvm_mmu_zap_all_fast": (Signature((5, 10), _ANY, ("kvm",)),),
+    "kvm_arch_init_vm": (Signature((5, 10), _ANY, ("kvm", "type")),),
+    "kvm_arch_prepare_memory_region": (
+        Signature((5, 10), (5, 17), ("kvm", "memslot", "mem", "change")),
+        Signature((5, 17), _ANY, ("kvm", "old", "new", "change")),
+    ),
     "__handle_changed_spte": (
         Signature((5, 10), (5, 11), ("kvm", "as_id", "gfn", "old_spte", "new_spte", "level")),
         Signature((5, 11), _ANY, ("kvm", "as_id", "gfn", "old_spte", "new_spte", "level", "shared")),

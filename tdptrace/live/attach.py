@@ -17,7 +17,7 @@ from tdptrace.kernel.signatures import signature
 from tdptrace.kernel.symbols import base_symbol, is_compiler_copy
 from tdptrace.kernel.tracefs import KVMMMU_EVENTS
 from tdptrace.live.host import HostReport
-from tdptrace.live.records import ARG_REGS, FUNC_ARGS, MAX_SPAN_FUNCS
+from tdptrace.live.records import ARG_REGS, FUNC_ARGS, MAX_SPAN_FUNCS, MAX_VMM_CALLS
 
 KVMMMU_TRACEPOINTS: tuple[str, ...] = KVMMMU_EVENTS
 # -D switch in probes/record.bpf.c per tracepoint.
@@ -61,6 +61,7 @@ class ProbePlan:
     fentry: bool
     span_functions: list[SpanFunction] = field(default_factory=list)
     yield_functions: list[str] = field(default_factory=list)
+    vmm_calls: list[SpanFunction] = field(default_factory=list)  # entry kprobes that decide a VM's owner
     missing: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -99,9 +100,11 @@ class ProbePlan:
             attached += [f"kprobe:{f.symbol}" for f in self.span_functions]
             attached += [f"kretprobe:{f.symbol}" for f in self.span_functions]
             attached += [f"kprobe:{y}" for y in self.yield_functions] + [f"kretprobe:{y}" for y in self.yield_functions]
+            attached += [f"kprobe:{f.symbol}" for f in self.vmm_calls]
         return {"attached": attached, "missing": self.missing,
                 "method": "kprobes+tracepoints" if self.spans else "tracepoints only",
-                "span_functions": {f.symbol: list(f.params) if f.params else None for f in self.span_functions}}
+                "span_functions": {f.symbol: list(f.params) if f.params else None for f in self.span_functions},
+                "vmm_calls": [f.symbol for f in self.vmm_calls]}
 
 
 def plan_probes(report: HostReport) -> ProbePlan:
@@ -138,4 +141,25 @@ def plan_probes(report: HostReport) -> ProbePlan:
                 plan.yield_functions.append(name)
             else:
                 missing.append({"probe": f"kprobe:{name}", "reason": "no kprobes on this kernel"})
+    if plan.spans:
+        _plan_vmm_calls(plan, report)
     return plan
+
+
+def _plan_vmm_calls(plan: ProbePlan, report: HostReport) -> None:
+    """The VMM calls to probe (their callers own the VMs); exact symbols only, kvm argument known."""
+    for name in VMM_CALLS:
+        syms = [s for s in report.symbols.get(name, []) if not is_compiler_copy(s)]
+        if not syms:
+            continue  # inlined in this build (or a compiler copy whose arguments are unknown)
+        params = signature(name, report.kernel_release)
+        if not params or "kvm" not in params[:ARG_REGS]:
+            plan.missing.append({"probe": f"kprobe:{syms[0]}", "reason": "its kvm argument is unknown on "
+                                 f"{report.kernel_release}"})
+            continue
+        if len(plan.vmm_calls) >= MAX_VMM_CALLS:
+            break
+        plan.vmm_calls.append(SpanFunction(name, syms[0], params))
+    if not plan.vmm_calls:
+        plan.notes.append("no VMM call (memslot ioctl, VM creation) can be probed on this kernel: a VM's owner "
+                          "is the first task seen zapping it")

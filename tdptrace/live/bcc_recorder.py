@@ -29,6 +29,7 @@ from tdptrace.live.records import (
     EVENT,
     KIND,
     MAX_PIDS,
+    OWNER_HOW,
     SELFTEST_MAGIC,  # noqa: F401 - re-exported for the tests that replay traces
     SPAN,
     STAT_DEPTH_OVERFLOW,
@@ -106,6 +107,11 @@ def compile_program(defines: dict[str, int]):
 
 
 
+def vm_owners(table: Any) -> dict[int, tuple[int, str]]:
+    """Map `vm_owner` as {struct kvm pointer: (owner tgid, how it was decided)} (raw pointers: hash them)."""
+    return {int(k.value): (int(v.tgid), OWNER_HOW.get(int(v.how), str(int(v.how)))) for k, v in table.items()}
+
+
 class BccRecorder:
     """Live recording through BCC: one instance per capture."""
 
@@ -179,6 +185,13 @@ class BccRecorder:
                 b.attach_kretprobe(event=name.encode(), fn_name=b"yield_return", maxactive=64)
             except Exception as exc:
                 self.attach_failures.append({"probe": f"kprobe:{name}", "reason": str(exc)[:120]})
+        vmm_args = b[b"vmm_args"]
+        for i, f in enumerate(self.plan.vmm_calls):
+            vmm_args[ctypes.c_int(i)] = vmm_args.Leaf.from_buffer_copy(f.args_record().tobytes())
+            try:
+                b.attach_kprobe(event=f.symbol.encode(), fn_name=f"vmm_call_{i}".encode())
+            except Exception as exc:
+                self.attach_failures.append({"probe": f"kprobe:{f.symbol}", "reason": str(exc)[:120]})
 
     def _fill_probe_meta(self) -> None:
         m = self.meta
@@ -293,8 +306,9 @@ class BccRecorder:
                     "unmatched_returns": int(stats[ctypes.c_int(STAT_UNMATCHED_RETURN)].value)}
         events["recorder_errors"] = {k: v for k, v in problems.items() if v}
         if self.plan.spans:
-            owners = {int(k.value): int(v.value) for k, v in b[b"vm_owner"].items()}
-            events["vm_owner"] = {self.hasher.one(k): v for k, v in owners.items()}
+            owners = vm_owners(b[b"vm_owner"])
+            events["vm_owner"] = {self.hasher.one(k): pid for k, (pid, _) in owners.items()}
+            events["vm_owner_from"] = {self.hasher.one(k): how for k, (_, how) in owners.items()}
         self.meta.events = events
         if final and total:
             self.meta.notes.append(f"{total} events were lost (ring buffer full); per CPU: {per_cpu}")

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from tdptrace.kernel.functions import PREFERRED_SPAN_FUNCTIONS
+from tdptrace.kernel.functions import PREFERRED_SPAN_FUNCTIONS, VMM_CALLS
 from tdptrace.kernel.functions import YIELD_FUNCTIONS as _YIELDS
 from tdptrace.kernel.release import parse_version, ringbuf_supported
 from tdptrace.kernel.symbols import copies_of, listed_functions, text_symbols
@@ -413,7 +413,7 @@ def check_tracepoints(tracefs: Optional[Path],
 def check_symbols(env: HostEnv, tracefs: Optional[Path],
                   tracefs_fix: str = TRACEFS_MOUNT) -> tuple[list[Check], dict[str, list[str]]]:
     """Zap and yield functions in /proc/kallsyms (with clone suffixes), and whether ftrace lists them."""
-    names = ZAP_FUNCTIONS + YIELD_FUNCTIONS + (SPTE_FALLBACK_FUNCTION,)
+    names = ZAP_FUNCTIONS + YIELD_FUNCTIONS + (SPTE_FALLBACK_FUNCTION,) + VMM_CALLS
     kallsyms = _read(env.path("/proc/kallsyms"))
     if kallsyms is None:
         return [Check("zap functions", MISSING, "/proc/kallsyms unreadable", "run as root")], {}

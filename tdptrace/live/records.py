@@ -22,9 +22,11 @@ RECORD_H: dict[str, int] = {
     "TDP_STAT_SPAN_ID": 0, "TDP_STAT_DEPTH_OVERFLOW": 1, "TDP_STAT_TABLES_FULL": 2, "TDP_STAT_MAX_LEVEL": 3,
     "TDP_STAT_UNMATCHED_RETURN": 4, "TDP_STAT_RETAINED_PEAK": 5, "TDP_STAT_COUNT": 6,
     "TDP_DROPS_EVENTS": 0, "TDP_DROPS_SPANS": 1, "TDP_DROPS_COUNT": 2,
-    "TDP_MAX_FUNCS": 16, "TDP_ARG_REGS": 6, "TDP_MAX_PIDS": 1024,
+    "TDP_MAX_FUNCS": 16, "TDP_ARG_REGS": 6, "TDP_MAX_PIDS": 1024, "TDP_MAX_VMM_CALLS": 4,
+    "TDP_OWNER_FIRST_ZAP": 0, "TDP_OWNER_VMM_CALL": 1,
     "TDP_SELFTEST_MAGIC": 0x7464707472616365, "TDP_SELFTEST_SPTE": 1, "TDP_SELFTEST_SPAN_ENTRY": 2,
     "TDP_SELFTEST_SPAN_RETURN": 3, "TDP_SELFTEST_YIELD_ENTRY": 4, "TDP_SELFTEST_YIELD_RETURN": 5,
+    "TDP_SELFTEST_VMM_CALL": 6, "TDP_SELFTEST_SPAN_ENTRY_VM": 7,
 }
 
 COMM_LEN = RECORD_H["TDP_COMM_LEN"]
@@ -51,11 +53,15 @@ DROPS_SLOTS = tuple(range(RECORD_H["TDP_DROPS_COUNT"]))
 MAX_SPAN_FUNCS = RECORD_H["TDP_MAX_FUNCS"]
 ARG_REGS = RECORD_H["TDP_ARG_REGS"]
 MAX_PIDS = RECORD_H["TDP_MAX_PIDS"]  # capacity of map `pids` (-p)
+MAX_VMM_CALLS = RECORD_H["TDP_MAX_VMM_CALLS"]  # vmm_call_N programs (map `vmm_args`)
+# struct tdp_vm_owner.how -> what meta.events.vm_owner_from says
+OWNER_HOW: dict[int, str] = {RECORD_H["TDP_OWNER_FIRST_ZAP"]: "first zap seen",
+                             RECORD_H["TDP_OWNER_VMM_CALL"]: "VMM call"}
 # record_selftest.bpf.c: the replay syscall's marker and operations.
 SELFTEST_MAGIC = RECORD_H["TDP_SELFTEST_MAGIC"]
 SELFTEST_OPS: dict[str, int] = {
     op: RECORD_H[f"TDP_SELFTEST_{op.upper()}"]
-    for op in ("spte", "span_entry", "span_return", "yield_entry", "yield_return")
+    for op in ("spte", "span_entry", "span_return", "yield_entry", "yield_return", "vmm_call", "span_entry_vm")
 }
 
 _HEAD = [

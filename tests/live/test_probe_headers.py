@@ -479,7 +479,7 @@ def test_record_programs_compile_and_verify_with_every_setting_the_recorder_prod
     assert len(combos) == 3 * (2 * 2 + 2 * 2 * 2 * 2) + 3  # spans off: sptes x pids; on: x stacks x yields
     for d in combos:
         n = _compile_and_verify(cls, BPF, PROGRAM, d)
-        assert n == sum(d[t] for t in TRACEPOINT_DEFINES.values()) + (32 + 4 if d["TDP_WITH_SPANS"] else 0), d
+        assert n == sum(d[t] for t in TRACEPOINT_DEFINES.values()) + (32 + 4 + 4 if d["TDP_WITH_SPANS"] else 0), d
     for release in RELEASES:
         plan, opts = _record_inputs(release=release)
         assert _compile_and_verify(cls, BPF, SELFTEST_PROGRAM, program_defines(plan, opts, selftest_tgid=1)) == 1
