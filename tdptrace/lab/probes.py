@@ -2,8 +2,9 @@
 
 The symbols are resolved from the guest kernel's own /proc/kallsyms and available_filter_functions (dumped by
 a discovery boot, see run.discover), never hard-coded: static functions may be inlined or carry .isra /
-.constprop suffixes in a given build. Argument registers come from tdptrace.kernel.functions.SIGNATURES,
-the project's one table of parameters per era (x86-64 System V: di, si, dx, cx, r8, r9).
+.constprop suffixes in a given build. Argument registers come from tdptrace.kernel.resolve, the project's
+one resolver: the guest kernel package's own BTF (kvm.ko's .BTF over its vmlinuz) where it has one, the era
+table otherwise, and no arguments from compiler copies (x86-64 System V: di, si, dx, cx, r8, r9).
 
 Registers checked against the disassembly (objdump -d) of the Debian kvm.ko builds the lab boots:
 - 5.10.0-32-amd64 (5.10.223): zap_gfn_range_hva_wrapper and __kvm_tdp_mmu_zap_gfn_range call
@@ -21,10 +22,11 @@ from dataclasses import dataclass, field
 
 from tdptrace.errors import MissingCapability
 from tdptrace.kernel.release import parse_version
-from tdptrace.kernel.signatures import register_of
-from tdptrace.kernel.symbols import copies_of, listed_functions, text_symbols
+from tdptrace.kernel.resolve import KernelBtf, Resolved, Source
+from tdptrace.kernel.resolve import resolve as resolve_arguments
+from tdptrace.kernel.symbols import listed_functions, text_symbols
 
-# How each argument is fetched (kprobe_events type); names follow kernel_functions.SIGNATURES.
+# How each argument is fetched (kprobe_events type) where the lab has a fixed choice; others take BTF's.
 ARG_TYPES: dict[str, str] = {
     "as_id": "u8", "gfn": "x64", "old_spte": "x64", "new_spte": "x64", "level": "s32",
     "root": "x64", "start": "x64", "end": "x64", "hva_start": "x64", "hva_end": "x64",
@@ -107,38 +109,35 @@ class Resolution:
     attached: dict[str, str]  # C name -> symbol in this build
     skipped: dict[str, str]  # C name -> reason
     tracepoints: list[str]
+    arguments: dict[str, dict] = field(default_factory=dict)  # C name -> Resolved.to_meta() (source per function)
 
 
-def resolve(release: str, kallsyms: str, filter_functions: str, kvmmmu_events: str) -> Resolution:
-    """Build the kprobe_events lines for `release` from its symbol dumps; raise naming what is missing."""
+def resolve(release: str, kallsyms: str, filter_functions: str, kvmmmu_events: str,
+            kernel_btf: KernelBtf | None = None) -> Resolution:
+    """Build the kprobe_events lines for `release` from its symbol dumps and (when given) its BTF; raise
+    naming what is missing."""
     era = era_for(release)
     traceable = listed_functions(filter_functions)
-    by_base = copies_of([p.function for p in era.probes], text_symbols(kallsyms))
+    args_of = resolve_arguments([p.function for p in era.probes], release, text_symbols(kallsyms), kernel_btf)
     lines: list[str] = []
     attached: dict[str, str] = {}
     skipped: dict[str, str] = {}
     missing: list[str] = []
     for probe in era.probes:
-        candidates = by_base[probe.function]
-        if not candidates:
+        r = args_of[probe.function]
+        if not r.exists:
             if probe.required:
                 missing.append(probe.function)
             skipped[probe.function] = "not in kallsyms (inlined?)"
             continue
-        sym = candidates[0]
-        if sym != probe.function and probe.args:
-            # A compiler copy may have dropped or reordered parameters: record no arguments rather than wrong ones.
-            args = ()
-            skipped[probe.function + " args"] = f"{sym} is a compiler copy; arguments not recorded"
-        else:
-            args = probe.args
+        sym = r.symbol
         fetch = []
-        for a in args:
-            reg = register_of(probe.function, release, a)
-            if reg is None:
-                raise MissingCapability(f"no register known for {probe.function}({a}) on {release}",
-                                        "add its signature to tdptrace/kernel/signatures.py")
-            fetch.append(f"{a}=%{reg}:{ARG_TYPES[a]}")
+        if probe.args and r.source == Source.NONE:
+            # A compiler copy (or a function BTF leaves out) may have dropped or reordered parameters:
+            # record no arguments rather than wrong ones.
+            skipped[probe.function + " args"] = r.reason
+        else:
+            fetch = _fetch_args(probe, r, release, missing, skipped)
         event = re.sub(r"\W", "_", probe.function)
         lines.append(" ".join([f"p:tdp/{event}", sym, *fetch]))
         if probe.ret:
@@ -150,4 +149,24 @@ def resolve(release: str, kallsyms: str, filter_functions: str, kvmmmu_events: s
         raise MissingCapability(f"kernel {release} lacks what the lab needs: {', '.join(missing)}",
                                 "the probe table for this era (tdptrace/lab/probes.py) does not fit this build")
     tracepoints = list(era.tracepoints) + [tp for tp in era.optional_tracepoints if tp in events]
-    return Resolution(lines=lines, attached=attached, skipped=skipped, tracepoints=tracepoints)
+    return Resolution(lines=lines, attached=attached, skipped=skipped, tracepoints=tracepoints,
+                      arguments=args_of.to_meta()["functions"])
+
+
+def _fetch_args(probe: Probe, r: Resolved, release: str, missing: list[str], skipped: dict[str, str]) -> list[str]:
+    """kprobe fetch-args of `probe` from its resolved parameters; an argument this build does not pass in a
+    register is left out (named in `skipped`), or, for a required probe, reported missing."""
+    fetch = []
+    for a in probe.args:
+        reg = r.register(a)
+        if reg is None:
+            why = (f"{a} is not a parameter of {r.symbol} here ({r.source.value}: {', '.join(r.param_names or ())})"
+                   if r.index(a) is None else f"{a} is not passed in a register")
+            if probe.required:
+                missing.append(f"{probe.function}({a}) on {release}: {why}")
+            else:
+                skipped[f"{probe.function} {a}"] = why
+            continue
+        assert r.params is not None
+        fetch.append(f"{a}=%{reg}:{ARG_TYPES.get(a) or r.params[r.index(a)].fetch_type}")
+    return fetch

@@ -20,6 +20,7 @@ from typing import Any
 
 from tdptrace.errors import MissingCapability, TdpError
 from tdptrace.importers.tracefs import ENTRIES_RE
+from tdptrace.kernel.resolve import package_btf
 from tdptrace.lab import initramfs, kernels, probes, qemu
 from tdptrace.lab.host import cache_dir, ensure_host_packages
 from tdptrace.lab.scenario import Scenario
@@ -95,12 +96,15 @@ def discover(kernel: kernels.Kernel, *, refresh: bool = False) -> dict[str, str]
 
 
 def resolve_probes(kernel: kernels.Kernel) -> probes.Resolution:
-    """kprobe_events lines for `kernel`, resolved from its discovered symbols."""
+    """kprobe_events lines for `kernel`, resolved from its discovered symbols and the arguments its own BTF
+    (kvm.ko's .BTF over vmlinuz) describes."""
     syms = discover(kernel)
     release = syms["release.txt"].strip()
     if release != kernel.release:
         raise TdpError(f"guest reports kernel {release}, expected {kernel.release}")
-    return probes.resolve(release, syms["kallsyms.txt"], syms["filter_functions.txt"], syms["kvmmmu_events.txt"])
+    kernel_btf = package_btf(kernel.vmlinuz, kernel.kvm_ko)
+    return probes.resolve(release, syms["kallsyms.txt"], syms["filter_functions.txt"], syms["kvmmmu_events.txt"],
+                          kernel_btf)
 
 
 _STAT = re.compile(r"^(overrun|commit overrun|dropped events):\s*(\d+)", re.M)

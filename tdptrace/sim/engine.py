@@ -83,9 +83,9 @@ class _Span:
 
 
 def call_args(c: Call, release: str) -> dict[str, Any]:
-    """The span's argument columns, only where the era's function takes them (kernel_functions.SIGNATURES),
+    """The span's argument columns, only where the era's function takes them (kernel.signatures, today's stable form),
     as a probe on that function would record them."""
-    params = signature(c.function, release) or ()
+    params = signature(c.function, release, current=True) or ()
     ranged = c.end != ALL
     return {
         "gfn_start": c.start if "start" in params and ranged else None,
