@@ -6,12 +6,14 @@ from collections import Counter
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tdptrace.capture import CaptureWriter
 from tdptrace.capture.hashing import PointerHasher
 from tdptrace.capture.pagetables import classify, retained_series
 from tdptrace.capture.raw import RawChunk
-from tdptrace.capture.schema import SPANS, ZAP_COUNT_COLUMNS
+from tdptrace.capture.schema import MARKERS, SPANS, ZAP_COUNT_COLUMNS
 from tdptrace.capture.spans import ZapIndex, build_spans
 from tdptrace.capture.waits import WaitPairer
 from tdptrace.kernel.spte import Encoding, detect_encoding
@@ -25,6 +27,12 @@ def tdp_role_level_is_parent(release: str | None) -> bool:
     return v is not None and v < (5, 11)
 
 
+# SPTE columns kept in memory (as the capture stores them) for spans, zaps and retained tables at the end, instead
+# of reading back the chunks just written.
+_SPTE_KEPT = {"ts": np.int64, "seq": np.int64, "tid": np.int32, "as_id": np.uint8, "gfn": np.uint64,
+              "level": np.uint8, "old_spte": np.uint64, "new_spte": np.uint64}
+
+
 class Assembler:
     """Collects RawChunks into a capture. SPTE rows are written per chunk (bounded memory while parsing)."""
 
@@ -35,11 +43,13 @@ class Assembler:
         self.calls: list[pd.DataFrame] = []
         self.page_tables: list[pd.DataFrame] = []
         self.markers: list[pd.DataFrame] = []
+        self.marker_tables: list[pa.Table] = []
         self.lost: list[tuple[int, int, int]] = []
         self.counts: Counter = Counter()
         self.unknown: Counter = Counter()
         self.legacy_hint = False
         self.spte_rows = 0
+        self._spte_parts: list[dict[str, np.ndarray]] = []  # the columns the whole-capture derivations need
         self.header_overrun = 0
         self.waits = WaitPairer(self.hasher)
         self.waiters_enabled = (False, False)  # (lock contention, fault latency) recorded, even if none seen
@@ -48,16 +58,20 @@ class Assembler:
         """Take one decoded block."""
         if chunk.from_handle_changed_spte:
             self.legacy_hint = True
-        if len(chunk.sptes):
-            if detect_encoding(chunk.sptes["old_spte"].to_numpy(), chunk.sptes["new_spte"].to_numpy()) \
-                    == Encoding.LEGACY:
+        sp = chunk.sptes
+        if len(sp):
+            col = (lambda c: sp.column(c).to_numpy()) if isinstance(sp, pa.Table) else (lambda c: sp[c].to_numpy())
+            if detect_encoding(col("old_spte"), col("new_spte")) == Encoding.LEGACY:
                 self.legacy_hint = True
-            self.writer.append("sptes", chunk.sptes)
-            self.spte_rows += len(chunk.sptes)
+            self.writer.append("sptes", sp)
+            self.spte_rows += len(sp)
+            self._spte_parts.append({c: col(c).astype(t, copy=False) for c, t in _SPTE_KEPT.items()})
         for lst, df in ((self.calls, chunk.calls), (self.page_tables, chunk.page_tables),
                         (self.markers, chunk.markers)):
             if len(df):
                 lst.append(df)
+        if chunk.marker_table is not None and chunk.marker_table.num_rows:
+            self.marker_tables.append(chunk.marker_table)
         self.counts.update(chunk.counts)
         self.unknown.update(chunk.unknown)
         if chunk.waits is not None and len(chunk.waits):
@@ -71,7 +85,9 @@ class Assembler:
         if self.encoding is None:
             meta.notes.append(f"kernel release unknown: SPTE presence decided by the {enc.value} rule "
                               "(pass --kernel RELEASE to be sure)")
-        sptes = self.writer_table("sptes")
+        sptes = pd.DataFrame({c: (np.concatenate([p[c] for p in self._spte_parts]) if self._spte_parts
+                                  else np.zeros(0, dtype=t)) for c, t in _SPTE_KEPT.items()})
+        self._spte_parts = []
         cls = classify(sptes, enc)
         zap = cls["zap"].to_numpy()
         zaps = ZapIndex(sptes["tid"].to_numpy()[zap], sptes["seq"].to_numpy()[zap],
@@ -95,10 +111,11 @@ class Assembler:
                                   "table's own level; kvm_mmu_prepare_zap_page does not fire for TDP tables")
             self.writer.append("page_tables", pt)
         markers = self.markers + ([self._calls_as_markers(entry_only)] if len(entry_only) else [])
-        if markers:
-            m = pd.concat(markers, ignore_index=True).sort_values("seq", kind="stable", ignore_index=True)
-            m["detail"] = self.hasher.scrub_text(m["detail"]).to_numpy()
-            self.writer.append("markers", m)
+        if markers or self.marker_tables:
+            # Kernel addresses in 'detail' are hashed by the writer's scrubber, like every text column.
+            parts = [pa.Table.from_pandas(df[MARKERS.names], schema=MARKERS, preserve_index=False) for df in markers]
+            m = pa.concat_tables(parts + [t.cast(MARKERS) for t in self.marker_tables])
+            self.writer.append("markers", m.take(pc.sort_indices(m, [("seq", "ascending")])))
         self.writer.append("waits", self.waits.close())
         if self.waits.lost_ends:
             meta.notes.append(f"{self.waits.lost_ends} lock contention waits lost their contention_end event and "
@@ -118,12 +135,6 @@ class Assembler:
         }
         stats["lost"] = total_lost
         return stats
-
-    def writer_table(self, name: str) -> pd.DataFrame:
-        """Read back what was streamed so far (the SPTE chunks) for whole-capture derivations."""
-        from tdptrace.capture import Capture
-
-        return Capture(self.writer.path, self.writer.meta).table(name)
 
     def _spans_table(self, spans: pd.DataFrame, retained: np.ndarray, have_sptes: bool) -> pd.DataFrame:
         h = self.hasher

@@ -88,7 +88,7 @@ class PointerHasher:
 
     def scrub_array(self, arr: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
         """The same strings with kernel addresses hashed; the input itself when none holds one."""
-        has = pc.fill_null(pc.match_substring_regex(arr, _PREFILTER), False)
+        has = _candidates(arr)
         if not pc.any(has).as_py():
             return arr
         flat = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
@@ -112,6 +112,32 @@ class PointerHasher:
         if isinstance(value, (list, tuple)):
             return [self.scrub_json(v) for v in value]
         return value
+
+
+try:
+    from tdptrace.capture import _address_scan  # type: ignore[attr-defined]
+except ImportError:  # built without a C compiler: the regex prefilter alone
+    _address_scan = None
+
+
+def _candidates(arr: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Rows that may hold a kernel address (_PREFILTER), nulls never: one C pass per chunk where the compiled
+    prefilter is built, else the regex."""
+    if _address_scan is None or not pa.types.is_string(arr.type) or os.environ.get("TDPTRACE_PURE", "") not in ("", "0"):
+        return pc.fill_null(pc.match_substring_regex(arr, _PREFILTER), False)
+    chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
+    out = []
+    for c in chunks:
+        if not len(c):
+            out.append(pa.array([], pa.bool_()))
+            continue
+        _, offsets, data = c.buffers()
+        mask = np.frombuffer(_address_scan.rows(offsets, data if data is not None else b"", c.offset, len(c)),
+                             dtype=np.bool_)
+        if c.null_count:
+            mask = mask & c.is_valid().to_numpy(zero_copy_only=False)
+        out.append(pa.array(mask))
+    return pa.chunked_array(out, pa.bool_()) if isinstance(arr, pa.ChunkedArray) else out[0]
 
 
 def _might_hold(text: str) -> bool:

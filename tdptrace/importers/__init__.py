@@ -66,14 +66,61 @@ def detect_format(path: Path) -> str:
                    "expected tracefs trace/trace_pipe text, 'trace-cmd report' or 'perf script' output")
 
 
-def _parsed_blocks(path: Path, parser) -> Iterator[tuple[Block, ParsedBlock | None, RawChunk | None]]:
-    """Parse and decode the file block by block (one block in memory at a time), numbering each from 0."""
-    for block in blocks(path):
+@dataclass
+class _Decoded:
+    """One block read: what the import counts, and its events decoded (None when it held none)."""
+
+    events: int
+    unparsed: int
+    unparsed_example: str
+    comment_lines: int
+    header_overrun: int
+    lost: list[tuple[int, int, int]]
+    chunk: RawChunk | None
+
+
+def _pure(parser, data: bytes) -> _Decoded:
+    parsed = parser(tracefs.split_lines(data), 0)
+    n = parsed.events.num_rows
+    return _Decoded(n, parsed.unparsed, parsed.unparsed_example, parsed.comment_lines,
+                    parsed.header_overrun, parsed.lost, decode(parsed.events) if n else None)
+
+
+def _parsed_blocks(path: Path, parser, native: bool) -> Iterator[tuple[Block, _Decoded | None]]:
+    """Parse and decode the file block by block (one block in memory at a time), numbering each from 0.
+    With the native scanner (tracefs text), the next block is read and scanned on a second thread while
+    this one is decoded and written."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tdptrace.importers import fastscan
+
+    def read(block: Block) -> tuple[Block, _Decoded | None]:
         if not block.data:
-            yield block, None, None
-            continue
-        parsed = parser(tracefs.split_lines(block.data), 0)
-        yield block, parsed, (decode(parsed.events) if parsed.events.num_rows else None)
+            return block, None
+        if native:
+            s = fastscan.scan_block(block.data)
+            return block, _Decoded(s.events, s.unparsed, s.unparsed_example, s.comment_lines, s.header_overrun,
+                                   s.lost, s.chunk)
+        return block, _pure(parser, block.data)
+
+    if not native:
+        for block in blocks(path):
+            yield read(block)
+        return
+    it = blocks(path)
+
+    def step() -> tuple[Block, _Decoded | None] | None:
+        block = next(it, None)
+        return None if block is None else read(block)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tdptrace-scan") as pool:
+        pending = pool.submit(step)
+        while True:
+            got = pending.result()
+            if got is None:
+                return
+            pending = pool.submit(step)  # the file's next block is read and scanned meanwhile
+            yield got
 
 
 # What `uname -r` prints: 6.1.0-56-amd64, 5.10.0-32-cloud-amd64, 6.12.9+bpo-amd64 (nothing else lands in meta).
@@ -139,7 +186,7 @@ def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str 
     from tdptrace.capture.assemble import (
         Assembler,  # here, not at module level: assemble imports importers.decode
     )
-    from tdptrace.importers import formats
+    from tdptrace.importers import fastscan, formats
 
     enc = encoding_for_release(kernel_release) if kernel_release else None
     if kernel_release and (enc is None or not _RELEASE.fullmatch(kernel_release)):
@@ -155,9 +202,11 @@ def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str 
     with CaptureWriter(out, meta, overwrite=force) as writer:
         asm = Assembler(writer, enc)
         seq = 0
-        for block, parsed, chunk in _parsed_blocks(path, parser):
+        native = kind == "tracefs" and fastscan.available()
+        for block, parsed in _parsed_blocks(path, parser, native):
             if block.data:
-                n = parsed.events.num_rows
+                chunk = parsed.chunk
+                n = parsed.events
                 result.lines += n + parsed.unparsed + parsed.comment_lines + len(parsed.lost)
                 result.unparsed += parsed.unparsed
                 if parsed.unparsed and not result.unparsed_example:

@@ -194,11 +194,16 @@ def decode_kprobes(t: pa.Table) -> tuple[pd.DataFrame, pa.Table]:
     Returns (calls, rest): lines whose body is not a kprobe location go back to the caller as `rest`.
     """
     body = t.column("body").combine_chunks()
-    m = pc.extract_regex(body, _KPROBE_RE)
-    ok = m.is_valid()
+    # Only a body starting with '(' can be a kprobe location: the regex runs on those alone.
+    cand = pc.starts_with(body, "(").to_numpy(zero_copy_only=False)
+    cand_idx = np.flatnonzero(cand)
+    okn = np.zeros(len(body), dtype=bool)
+    m = pc.extract_regex(body.take(pa.array(cand_idx)), _KPROBE_RE)
+    okn[cand_idx] = m.is_valid().to_numpy(zero_copy_only=False)
+    ok = pa.array(okn)
     rest = t.filter(pc.invert(ok))
     t = t.filter(ok)
-    m = m.filter(ok)
+    m = m.filter(m.is_valid())
     # Arrow returns "" (not null) for optional groups that did not take part in the match.
     where = pc.struct_field(m, "where")
     loc = pc.struct_field(m, "loc")
@@ -323,23 +328,46 @@ def _bad_body(event: str, body: str):
                     "tdptrace knows? report it with the line")
 
 
+def _normalised_events(event: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Event names without the 'kvmmmu:' system (and 'lock:'/'kvm:' on the waiter events), worked out once per
+    distinct name (a block holds a handful) and spread back over the rows."""
+    enc = pc.dictionary_encode(event.combine_chunks() if isinstance(event, pa.ChunkedArray) else event)
+    names = pc.replace_substring_regex(enc.dictionary, pattern="^kvmmmu:", replacement="")
+    names = pc.replace_substring_regex(names, pattern="^(?:lock|kvm):(contention_begin|contention_end|kvm_page_fault"
+                                              "|kvm_entry)$", replacement="\\1")
+    return names.take(enc.indices)
+
+
+_EMPTY: dict = {}
+
+
+def _kprobe_calls(t: pa.Table) -> pd.DataFrame:
+    return decode_kprobes(t)[0]
+
+
+def _decoded(decoder, t: pa.Table) -> pd.DataFrame:
+    """decoder(t), with the frame for no rows made once (most blocks hold no rows of most kinds)."""
+    if t.num_rows:
+        return decoder(t)
+    if decoder not in _EMPTY:
+        _EMPTY[decoder] = decoder(t)
+    return _EMPTY[decoder].copy()
+
+
 def decode(t: pa.Table) -> RawChunk:
     """Split a common-column table by event kind and decode each kind."""
-    event = pc.replace_substring_regex(t.column("event"), pattern="^kvmmmu:", replacement="")
-    event = pc.replace_substring_regex(event, pattern="^(?:lock|kvm):(contention_begin|contention_end|kvm_page_fault"
-                                              "|kvm_entry)$", replacement="\\1")
-    t = t.set_column(t.column_names.index("event"), "event", event)
+    t = t.set_column(t.column_names.index("event"), "event", _normalised_events(t.column("event")))
     ev = t.column("event")
     counts = Counter(dict(zip(*[x.to_pylist() for x in pc.value_counts(ev).flatten()])))
     is_spte = pc.equal(ev, SPTE_CHANGED)
     is_spte_any = bool(pc.any(is_spte).as_py())
     is_pt = pc.is_in(ev, pa.array([GET_PAGE, PREPARE_ZAP]))
     is_wait = pc.is_in(ev, pa.array(sorted(WAIT_EVENTS)))
-    sptes = decode_sptes(t.filter(is_spte))
-    page_tables = decode_page_tables(t.filter(is_pt))
-    waits = decode_waits(t.filter(is_wait))
+    sptes = _decoded(decode_sptes, t.filter(is_spte))
+    page_tables = _decoded(decode_page_tables, t.filter(is_pt))
+    waits = _decoded(decode_waits, t.filter(is_wait))
     other = t.filter(pc.invert(pc.or_(pc.or_(is_spte, is_pt), is_wait)))
-    calls, rest = decode_kprobes(other)
+    calls, rest = decode_kprobes(other) if other.num_rows else (_decoded(_kprobe_calls, other), other)
     # 5.10: a kprobe on __handle_changed_spte carries the SPTE change fields.
     is_h = calls["function"].isin(SPTE_CHANGE_FUNCTIONS) & ~calls["is_return"]
     if is_h.any():

@@ -32,6 +32,11 @@ class ParsedBlock:
     unparsed_example: str = ""
     header_overrun: int = 0
     comment_lines: int = 0
+    # Where each event and each lost-events line stood among the lines parsed (0-based), and which events printed
+    # a tgid column: what the native scan needs to merge the lines it left to this parser back in order.
+    rows: np.ndarray | None = None
+    lost_rows: np.ndarray | None = None
+    tgid_mask: np.ndarray | None = None
 
 
 def split_lines(data: bytes) -> pa.Array:
@@ -128,7 +133,8 @@ def parse_lines(lines: pa.Array, seq0: int, header_re: str = HEADER_RE) -> Parse
         m = ENTRIES_RE.search(c)
         if m:
             overrun += max(0, int(m.group(2)) - int(m.group(1)))
-    body_lines = lines.filter(pc.invert(skip))
+    keep = pc.invert(skip)
+    body_lines = lines.filter(keep)
     if header_re == HEADER_RE:
         ok, f = _fields_fast(body_lines)
     else:
@@ -138,6 +144,7 @@ def parse_lines(lines: pa.Array, seq0: int, header_re: str = HEADER_RE) -> Parse
         f = {name: pc.struct_field(good, [i]) for i, name in enumerate(good.type.names)}
     n = int(pc.sum(ok).as_py() or 0)
     seq = np.arange(seq0, seq0 + n, dtype=np.int64)
+    hasn = None
     if n:
         tgid = f["tgid"]
         pid = np.full(n, -1, dtype=np.int32)
@@ -145,12 +152,7 @@ def parse_lines(lines: pa.Array, seq0: int, header_re: str = HEADER_RE) -> Parse
         hasn = has.to_numpy(zero_copy_only=False)
         if hasn.any():
             pid[hasn] = narrow(dec_to_i64(tgid.filter(has)), np.int32, "pid")
-            # A thread's first events can print '(-------)' before its tgid is saved: take the tgid that
-            # other lines of the same thread show.
-            tid = dec_to_i64(f["tid"], "pid")
-            known = pd.Series(pid, dtype=np.int64).where(hasn).groupby(tid).transform("max")
-            fill = ~hasn & known.notna().to_numpy()
-            pid[fill] = known.to_numpy()[fill].astype(np.int32)
+            fill_pids(pid, hasn, dec_to_i64(f["tid"], "pid"))
         events = pa.table({
             "ts": seconds_to_ns(f["sec"], f["frac"]),
             "seq": seq,
@@ -163,7 +165,11 @@ def parse_lines(lines: pa.Array, seq0: int, header_re: str = HEADER_RE) -> Parse
         })
     else:
         events = empty_events()
-    block = ParsedBlock(events=events, header_overrun=overrun, comment_lines=len(comments))
+    body_pos = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+    okn = ok.to_numpy(zero_copy_only=False) if isinstance(ok, (pa.Array, pa.ChunkedArray)) else np.asarray(ok)
+    block = ParsedBlock(events=events, header_overrun=overrun, comment_lines=len(comments), rows=body_pos[okn],
+                        lost_rows=np.zeros(0, dtype=np.int64),
+                        tgid_mask=hasn if hasn is not None and hasn.any() else None)
     bad = body_lines.filter(pc.invert(ok))
     if len(bad):
         lost = pc.extract_regex(bad, LOST_RE)
@@ -178,11 +184,20 @@ def parse_lines(lines: pa.Array, seq0: int, header_re: str = HEADER_RE) -> Parse
             cpus = dec_to_i64(pc.struct_field(lv, [0]))
             cnts = dec_to_i64(pc.struct_field(lv, [1]))
             block.lost = [(int(c), int(k), int(seq0 + after[p])) for c, k, p in zip(cpus, cnts, lost_pos)]
+            block.lost_rows = body_pos[lost_pos]
         rest = bad.filter(pc.invert(lost_ok))
         block.unparsed = len(rest)
         if len(rest):
             block.unparsed_example = rest[0].as_py()
     return block
+
+
+def fill_pids(pid: np.ndarray, has_tgid: np.ndarray, tid: np.ndarray) -> None:
+    """A thread's first events can print '(-------)' before its tgid is saved: give them the tgid that other
+    lines of the same thread show (in place)."""
+    known = pd.Series(pid, dtype=np.int64).where(has_tgid).groupby(tid).transform("max")
+    fill = ~has_tgid & known.notna().to_numpy()
+    pid[fill] = known.to_numpy()[fill].astype(np.int32)
 
 
 def empty_events() -> pa.Table:
