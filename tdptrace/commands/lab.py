@@ -21,7 +21,8 @@ def register(app: typer.Typer) -> None:
 
 @command(lab_app, "run", "Boot a lab kernel, run the five phases, trace them; print the summary.",
          ("tdptrace lab run", "6.1 guest, 128 MiB, the five phases once; prints the summary"),
-         ("tdptrace lab run -k 5.10 --thp --hog -o runs/510 --json", "5.10 with THP and CPU contention, as JSON"))
+         ("tdptrace lab run -k 7.3 --mib 32 --contend 8", "7.3: a zap of 8 MiB while a second task zaps too"),
+         ("tdptrace lab run -k linux-image-6.16.12+deb13-amd64@trixie-backports", "any Debian kernel image"))
 def run_cmd(
     kernel: Annotated[str, typer.Option("--kernel", "-k", metavar="KERNEL", help=KERNEL_HELP)]
     = "6.1",
@@ -32,6 +33,9 @@ def run_cmd(
     hog: Annotated[bool, typer.Option("--hog/--no-hog", help="CPU contention: a busy loop pinned with the "
                                       "workload to CPU 0, so that need_resched is set and zaps yield.")] = False,
     iters: Annotated[int, typer.Option("--iters", metavar="N", help="Repeat the five phases this many times.")] = 1,
+    contend: Annotated[int, typer.Option("--contend", metavar="MIB", help="Add phase 3b: zap MIB MiB while another "
+                                         "task zaps too, so that the zap's mmu_lock has a waiter "
+                                         "(lock contention; 0 = no such phase).")] = 0,
     base_mib: Annotated[int, typer.Option("--base-mib", metavar="N",
                                           help="Guest-physical base of the memory in MiB (even); "
                                           "1024 - MIB/2 makes it straddle a 1 GiB boundary.")] = 0,
@@ -62,6 +66,7 @@ def run_cmd(
     from tdptrace.oncall.summary_text import render
 
     sc = Scenario(kernel=kernel, mib=mib, thp=thp, hog=hog, iters=iters, base_mib=base_mib, hook=hook,
+                  contend_mib=contend,
                   rootfs=rootfs, hook_settle_s=hook_settle / 1e9, chroot_cmd=chroot_cmd)
     if out is not None and not force and out.is_dir() and any(out.iterdir()):
         raise BadInput(f"{out} already holds files", "choose another -o or pass --force to replace its results")

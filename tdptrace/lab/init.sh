@@ -96,7 +96,7 @@ fi
 
 echo 1 > $T/tracing_on
 date +%s.%N > $O/t_start.txt 2>/dev/null
-/kvmtouch "$MIB" "$THP" "$ITERS" "$HOG" "${BASE:-0}" > $O/kvmtouch.txt 2>&1
+/kvmtouch "$MIB" "$THP" "$ITERS" "$HOG" "${BASE:-0}" "${CONTEND:-0}" > $O/kvmtouch.txt 2>&1
 rc=$?
 echo 0 > $T/tracing_on
 cat $O/kvmtouch.txt

@@ -5,10 +5,13 @@
  *   1. populate:  one vCPU in 64-bit mode writes one qword into every 4 KiB data page
  *   2. madvise:   MADV_DONTNEED on the upper half of guest memory (mmu notifier -> leaf zaps)
  *   3. retouch:   the vCPU writes the upper half again
+ *   3b. contend:  (CONTEND_MIB > 0) MADV_DONTNEED of CONTEND_MIB from the first data page while a second
+ *                 thread, on the other CPU, zaps the last page of guest memory again and again: a second task
+ *                 zapping, so that the first zap's mmu_lock has a waiter (lock contention, not need_resched)
  *   4. delete:    the memslot is deleted (zap_all_fast -> zap invalidated roots / whole tree)
  *   5. close:     vCPU and VM file descriptors are closed (VM teardown)
  *
- * Usage: kvmtouch MIB THP [ITERS [HOG [BASE_MIB]]]
+ * Usage: kvmtouch MIB THP [ITERS [HOG [BASE_MIB [CONTEND_MIB]]]]
  *   MIB   guest memory in MiB, a multiple of 4, at least 8 and at most 4096
  *   THP   1: back guest memory with 2 MiB pages (MADV_HUGEPAGE), 0: 4 KiB pages (MADV_NOHUGEPAGE)
  *   ITERS how many times to run the whole sequence (default 1)
@@ -16,6 +19,8 @@
  *         gets set while KVM holds mmu_lock and the zap loops really yield (default 0)
  *   BASE_MIB  guest-physical address of the memory in MiB, even (default 0). With the memory straddling a
  *         1 GiB boundary the TDP tree has two 1 GiB entries, as any guest over 1 GiB has.
+ *   CONTEND_MIB  size of the contended zap of phase 3b, in MiB (default 0: no such phase); at most half of MIB
+ *         less 2 MiB, so that it stays in the lower half and away from the helper's page.
  *
  * Guest physical layout, from BASE (identity mapped with 2 MiB guest pages):
  *   +0x0000 code, +0x1000 PML4, +0x2000 PDPT, +0x3000.. one PD per GiB spanned; data pages from BASE + 2 MiB.
@@ -27,6 +32,8 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <sched.h>
@@ -68,14 +75,67 @@ static double now(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static void pin_cpu0(void)
+static void pin_cpu(int cpu)
 {
 	cpu_set_t set;
 
 	CPU_ZERO(&set);
-	CPU_SET(0, &set);
+	CPU_SET(cpu, &set);
 	if (sched_setaffinity(0, sizeof(set), &set))
 		die("sched_setaffinity");
+}
+
+static void pin_cpu0(void)
+{
+	pin_cpu(0);
+}
+
+/* Phase 3b's second task: zaps one page (the last of guest memory) until told to stop, from CPU 1. Each
+ * madvise is an mmu-notifier invalidation that takes mmu_lock for write, whether or not the page is mapped. */
+struct contender {
+	uint8_t *page;
+	atomic_int stop;
+	atomic_long rounds;
+};
+
+static void *contend_loop(void *arg)
+{
+	struct contender *c = arg;
+
+	pin_cpu(1);
+	while (!atomic_load(&c->stop)) {
+		if (madvise(c->page, PAGE, MADV_DONTNEED))
+			die("madvise(DONTNEED) of the contender's page");
+		atomic_fetch_add(&c->rounds, 1);
+		usleep(200);
+	}
+	return NULL;
+}
+
+/* The contended zap: CONTEND_MIB from the first data page, zapped while the contender runs. */
+static unsigned long contend(uint8_t *mem, unsigned long size, unsigned long contend_mib, long *rounds)
+{
+	struct contender c = { .page = mem + size - PAGE };
+	cpu_set_t old;
+	pthread_t th;
+	long before;
+
+	if (sched_getaffinity(0, sizeof(old), &old))
+		die("sched_getaffinity");
+	pin_cpu0();
+	if (pthread_create(&th, NULL, contend_loop, &c))
+		die("pthread_create");
+	while (atomic_load(&c.rounds) < 10)
+		usleep(100);
+	before = atomic_load(&c.rounds);
+	if (madvise(mem + HUGE, contend_mib << 20, MADV_DONTNEED))
+		die("madvise(DONTNEED) of the contended range");
+	*rounds = atomic_load(&c.rounds) - before;
+	atomic_store(&c.stop, 1);
+	pthread_join(th, NULL);
+	if (sched_setaffinity(0, sizeof(old), &old))
+		die("sched_setaffinity");
+	return (contend_mib << 20) / PAGE;
 }
 
 /*
@@ -199,10 +259,11 @@ static void set_slot(struct vm *v, unsigned long size)
 		die(size ? "KVM_SET_USER_MEMORY_REGION" : "KVM_SET_USER_MEMORY_REGION (delete)");
 }
 
-static void iteration(int iter, unsigned long mib, int thp, unsigned long base_mib)
+static void iteration(int iter, unsigned long mib, int thp, unsigned long base_mib, unsigned long contend_mib)
 {
 	struct vm v = { .size = mib << 20, .base = base_mib << 20 };
-	unsigned long half = v.size / 2, n1, n3, raw_size = v.size + HUGE;
+	unsigned long half = v.size / 2, n1, n3, n_contend = 0, raw_size = v.size + HUGE;
+	long rounds = 0;
 	unsigned long gibs = (v.base + v.size - 1) / GIB - v.base / GIB + 1;
 	unsigned long overhead = 3 + gibs; /* code, PML4, PDPT, one PD per GiB spanned */
 	double t0, t, total0 = now();
@@ -253,6 +314,14 @@ static void iteration(int iter, unsigned long mib, int thp, unsigned long base_m
 	printf("[kvmtouch] phase3-retouch-upper-half: touched %lu pages in %.3f s\n", n3, now() - t0);
 	fflush(stdout);
 
+	if (contend_mib) {
+		t0 = now();
+		n_contend = contend(v.mem, v.size, contend_mib, &rounds);
+		printf("[kvmtouch] phase3b-contend: zapped %lu pages in %.3f s while the contender zapped %ld times\n",
+		       n_contend, now() - t0, rounds);
+		fflush(stdout);
+	}
+
 	t0 = now();
 	set_slot(&v, 0);
 	printf("[kvmtouch] phase4-delete-memslot: %.3f s\n", now() - t0);
@@ -267,20 +336,20 @@ static void iteration(int iter, unsigned long mib, int thp, unsigned long base_m
 	printf("[kvmtouch] phase5-close-vm: %.3f s\n", t - t0);
 	printf("[kvmtouch] total %.3f s\n", t - total0);
 	printf("KVMTOUCH iter=%d mib=%lu thp=%d pages_phase1=%lu pages_phase3=%lu overhead_pages=%lu "
-	       "madvised_regions=%lu base_mib=%lu gibs=%lu\n", iter, mib, thp, n1, n3, overhead, (v.size - half) / HUGE,
-	       base_mib, gibs);
+	       "madvised_regions=%lu base_mib=%lu gibs=%lu contend_pages=%lu contend_rounds=%ld\n", iter, mib, thp, n1, n3,
+	       overhead, (v.size - half) / HUGE, base_mib, gibs, n_contend, rounds);
 	fflush(stdout);
 	munmap(raw, raw_size);
 }
 
 int main(int argc, char **argv)
 {
-	unsigned long mib, base_mib = 0;
+	unsigned long mib, base_mib = 0, contend_mib = 0;
 	int thp, iters = 1, hog = 0, i;
 	pid_t child = -1;
 
 	if (argc < 3) {
-		fprintf(stderr, "usage: kvmtouch MIB THP [ITERS [HOG [BASE_MIB]]]\n");
+		fprintf(stderr, "usage: kvmtouch MIB THP [ITERS [HOG [BASE_MIB [CONTEND_MIB]]]]\n");
 		return 2;
 	}
 	mib = strtoul(argv[1], NULL, 0);
@@ -291,12 +360,18 @@ int main(int argc, char **argv)
 		hog = atoi(argv[4]);
 	if (argc > 5)
 		base_mib = strtoul(argv[5], NULL, 0);
+	if (argc > 6)
+		contend_mib = strtoul(argv[6], NULL, 0);
 	if (mib < 8 || mib > 4096 || mib % 4) {
 		fprintf(stderr, "[kvmtouch] error: MIB must be a multiple of 4 in [8, 4096], got %lu\n", mib);
 		return 2;
 	}
 	if (base_mib % 2 || base_mib + mib > 512 * 1024) {
 		fprintf(stderr, "[kvmtouch] error: BASE_MIB must be even and the memory below 512 GiB\n");
+		return 2;
+	}
+	if (contend_mib && contend_mib + 2 > mib / 2) {
+		fprintf(stderr, "[kvmtouch] error: CONTEND_MIB must be at most MIB/2 - 2\n");
 		return 2;
 	}
 	if (hog) {
@@ -312,7 +387,7 @@ int main(int argc, char **argv)
 		printf("[kvmtouch] hog pid %d and kvmtouch pinned to cpu 0\n", (int)child);
 	}
 	for (i = 0; i < iters; i++)
-		iteration(i, mib, thp, base_mib);
+		iteration(i, mib, thp, base_mib, contend_mib);
 	if (child > 0) {
 		kill(child, SIGKILL);
 		waitpid(child, NULL, 0);

@@ -3,13 +3,14 @@
 Layout of a run directory (OUT):
   console.log      the guest's serial console (kept whatever happens)
   share/           the 9p share: params, kprobe_events, hook.sh in; share/out/* out (trace.txt, stats, ...)
-  trace.txt        the raw tracefs dump (moved out of share/out)
-  NAME.tdp/        the capture imported from trace.txt
+  trace.txt.gz     the raw tracefs dump (moved out of share/out, gzip'd once imported), to count again with any tool
+  NAME.tdp/        the capture imported from it
   summary.json     the capture's summary (docs/metrics.md contract)
   run.json         scenario, kernel, kprobe_events, kvmtouch figures, timings
 """
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import shutil
@@ -44,6 +45,13 @@ class LabRun:
     kprobe_events: list[str]
     timings: dict[str, float] = field(default_factory=dict)
     importer: dict[str, Any] = field(default_factory=dict)  # what the importer made of the dump
+    kernel: dict[str, Any] = field(default_factory=dict)  # spec, suite, packaging, preemption model of the build
+
+    def trace_bytes(self) -> bytes:
+        """The raw tracefs text of the run (trace is kept gzip'd)."""
+        opener = gzip.open if self.trace.endswith(".gz") else open
+        with opener(self.trace, "rb") as f:
+            return f.read()
 
 
 def _boot(kernel: kernels.Kernel, out: Path, params: dict[str, str], *, mem_mib: int, timeout_s: float,
@@ -168,7 +176,7 @@ def run(scenario: Scenario, out: Path | None = None) -> LabRun:
     params = {"MODE": "run", "MIB": str(scenario.mib), "THP": str(int(scenario.thp)),
               "HOG": str(int(scenario.hog)), "ITERS": str(scenario.iters), "BASE": str(scenario.base_mib),
               "BUF_KB": str(scenario.buffer_kb), "EVENTS": " ".join(res.tracepoints),
-              "HOOK_SETTLE": str(scenario.hook_settle_s)}
+              "HOOK_SETTLE": str(scenario.hook_settle_s), "CONTEND": str(scenario.contend_mib)}
     files = {"kprobe_events": "\n".join(res.lines) + "\n"}
     rootfs_dir = scenario.rootfs
     if scenario.hook is not None:
@@ -184,29 +192,64 @@ def run(scenario: Scenario, out: Path | None = None) -> LabRun:
         files["chroot_cmd"] = scenario.chroot_cmd + "\n"
     share_out, b = _boot(kernel, out, params, mem_mib=scenario.guest_mib, timeout_s=scenario.timeout_s,
                          files=files, rootfs=rootfs_dir)
-    trace = out / "trace.txt"
-    shutil.move(share_out / "trace.txt", trace)
-    events = check_lost(share_out, trace)
     t_boot = time.monotonic()
+    # The captures of this run, each from what the guest left in share/out. tracefs is always there; a recorder
+    # run inside the guest (BCC or ftrace, through --chroot-cmd) adds its own step beside this one.
+    tracefs = collect_tracefs(share_out, out, scenario, kernel)
+    t_end = time.monotonic()
+    result = LabRun(
+        scenario={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(scenario).items()},
+        release=kernel.release, out=str(out), trace=str(tracefs.trace), capture=str(tracefs.capture),
+        summary=tracefs.summary, kvmtouch=parse_kvmtouch((share_out / "kvmtouch.txt").read_text()),
+        kprobe_events=(share_out / "kprobe_events_readback.txt").read_text().splitlines(),
+        timings={"prepare_s": round(t_ready - t0, 2), "discover_s": round(t_probes - t_ready, 2),
+                 "qemu_s": round(b.seconds, 2), "events": tracefs.events,
+                 "import_summary_s": round(t_end - t_boot, 2), "total_s": round(t_end - t0, 2)},
+        importer=tracefs.importer,
+        kernel={"name": kernel.name, "spec": kernel.spec, "suite": kernel.suite, "package_version": kernel.version,
+                "packaging": kernel.packaging, "preemption": kernel.preemption})
+    (out / "run.json").write_text(json.dumps({k: v for k, v in asdict(result).items() if k != "summary"},
+                                             indent=1))
+    return result
+
+
+@dataclass
+class TracefsCapture:
+    """The lab's own capture of a run: the raw dump (gzip'd), the capture imported from it, its summary."""
+
+    trace: Path
+    capture: Path
+    summary: dict[str, Any]
+    events: int
+    importer: dict[str, Any]
+
+
+def compress_trace(trace: Path) -> Path:
+    """trace.txt -> trace.txt.gz beside it (the plain text removed): the raw dump stays for other tools."""
+    gz = trace.with_name(trace.name + ".gz")
+    tmp = gz.with_name(gz.name + ".part")
+    with open(trace, "rb") as src, gzip.open(tmp, "wb", compresslevel=4) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    tmp.replace(gz)
+    trace.unlink()
+    return gz
+
+
+def collect_tracefs(share_out: Path, out: Path, scenario: Scenario, kernel: kernels.Kernel) -> TracefsCapture:
+    """Move the guest's tracefs dump out of the share, check that nothing was lost, import it, summarize it,
+    and keep the dump compressed beside the capture."""
     import tdptrace
     from tdptrace.importers import import_file
 
+    trace = out / "trace.txt"
+    shutil.move(share_out / "trace.txt", trace)
+    events = check_lost(share_out, trace)
     capture = out / f"{scenario.name}.tdp"
     shutil.rmtree(capture, ignore_errors=True)
     imported = import_file(trace, capture, kernel_release=kernel.release)
     summary = summarize(tdptrace.open(capture))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    t_end = time.monotonic()
-    result = LabRun(
-        scenario={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(scenario).items()},
-        release=kernel.release, out=str(out), trace=str(trace), capture=str(capture), summary=summary,
-        kvmtouch=parse_kvmtouch((share_out / "kvmtouch.txt").read_text()),
-        kprobe_events=(share_out / "kprobe_events_readback.txt").read_text().splitlines(),
-        timings={"prepare_s": round(t_ready - t0, 2), "discover_s": round(t_probes - t_ready, 2),
-                 "qemu_s": round(b.seconds, 2), "events": events, "import_summary_s": round(t_end - t_boot, 2),
-                 "total_s": round(t_end - t0, 2)},
-        importer={"events": imported.events, "unparsed": imported.unparsed,
-                  "unparsed_example": imported.unparsed_example, "unknown": dict(imported.unknown)})
-    (out / "run.json").write_text(json.dumps({k: v for k, v in asdict(result).items() if k != "summary"},
-                                             indent=1))
-    return result
+    gz = compress_trace(trace)
+    return TracefsCapture(trace=gz, capture=capture, summary=summary, events=events,
+                          importer={"events": imported.events, "unparsed": imported.unparsed,
+                                    "unparsed_example": imported.unparsed_example, "unknown": dict(imported.unknown)})

@@ -26,6 +26,7 @@ class Scenario:
     rootfs: Path | None = None  # a directory shared into the guest at /rootfs (e.g. a chroot with BCC)
     hook_settle_s: float = 0.0  # seconds to let the hook start before the workload
     chroot_cmd: str | None = None  # a command run inside the BCC rootfs alongside the workload (rootfs.py)
+    contend_mib: int = 0  # phase 3b: MiB zapped while a second task zaps too (lock contention), 0 = no such phase
 
     def __post_init__(self) -> None:
         from tdptrace.lab.kernels import spec_of
@@ -45,6 +46,9 @@ class Scenario:
             raise BadInput(f"--hook {self.hook}: no such file", "give a shell script to run in the guest")
         if self.rootfs is not None and not Path(self.rootfs).is_dir():
             raise BadInput(f"--rootfs {self.rootfs}: no such directory", "build one with: tdptrace lab rootfs")
+        if self.contend_mib < 0 or (self.contend_mib and self.contend_mib > self.mib // 2 - 2):
+            raise BadInput(f"--contend {self.contend_mib}: the contended zap must fit in the lower half of the "
+                           f"guest memory less its first 2 MiB", f"give at most {self.mib // 2 - 2} for --mib {self.mib}")
         if self.chroot_cmd and self.hook:
             raise BadInput("--chroot-cmd and --hook both want the guest's hook slot; give one")
 
@@ -54,7 +58,8 @@ class Scenario:
         from tdptrace.lab.kernels import label
 
         return (f"k{label(self.kernel)}-{self.mib}m" + (f"-at{self.base_mib}m" if self.base_mib else "")
-                + ("-thp" if self.thp else "") + ("-hog" if self.hog else ""))
+                + ("-thp" if self.thp else "") + ("-hog" if self.hog else "")
+                + (f"-contend{self.contend_mib}m" if self.contend_mib else ""))
 
     @property
     def buffer_kb(self) -> int:
@@ -71,4 +76,5 @@ class Scenario:
     @property
     def timeout_s(self) -> float:
         """How long a boot may take before it is killed (TCG is slow: about 0.1 s per MiB with the hog)."""
-        return 120 + self.mib * self.iters * (0.5 if not self.thp else 0.1) + (self.hook_settle_s or 0)
+        return (120 + self.mib * self.iters * (0.5 if not self.thp else 0.1) + (self.hook_settle_s or 0)
+                + self.contend_mib * self.iters * 10)
