@@ -15,7 +15,8 @@
  *
  * Settings: validated integers from tdptrace/live/bcc_recorder.py program_defines(), passed as -D (each header
  * lists its own); here TDP_TP_SPTE_CHANGED, TDP_TP_GET_PAGE, TDP_TP_PREPARE_ZAP, TDP_TP_ZAP_ALL_FAST,
- * TDP_TP_SPLIT: 1 where the running kernel has that tracepoint.
+ * TDP_TP_SPLIT: 1 where the running kernel has that tracepoint; TDP_SPAN_FUNCS and TDP_VMM_CALLS: how many
+ * span_entry_N/span_return_N and vmm_call_N programs to compile (the plan's functions).
  */
 #include <uapi/linux/ptrace.h>
 #include "record.h"
@@ -27,7 +28,7 @@
 #include "record_handlers.bpf.h"
 
 #if !defined(TDP_TP_SPTE_CHANGED) || !defined(TDP_TP_GET_PAGE) || !defined(TDP_TP_PREPARE_ZAP) || \
-	!defined(TDP_TP_ZAP_ALL_FAST) || !defined(TDP_TP_SPLIT)
+	!defined(TDP_TP_ZAP_ALL_FAST) || !defined(TDP_TP_SPLIT) || !defined(TDP_SPAN_FUNCS) || !defined(TDP_VMM_CALLS)
 #error "tracepoint settings missing: compile the probes through tdptrace/live/programs.py"
 #endif
 
@@ -113,11 +114,58 @@ static __always_inline int on_span_return(struct pt_regs *ctx, u32 func_id)
 #define SPAN_PROBES(i) \
 	int span_entry_##i(struct pt_regs *ctx) { return on_span_entry(ctx, i); } \
 	int span_return_##i(struct pt_regs *ctx) { return on_span_return(ctx, i); }
-SPAN_PROBES(0) SPAN_PROBES(1) SPAN_PROBES(2) SPAN_PROBES(3)
-SPAN_PROBES(4) SPAN_PROBES(5) SPAN_PROBES(6) SPAN_PROBES(7)
-SPAN_PROBES(8) SPAN_PROBES(9) SPAN_PROBES(10) SPAN_PROBES(11)
-SPAN_PROBES(12) SPAN_PROBES(13) SPAN_PROBES(14) SPAN_PROBES(15)
+/* Only the programs the plan attaches are compiled (TDP_SPAN_FUNCS of them): each pair is a copy of the
+ * span state code, and compiling all sixteen doubled BCC's compile time in a TCG guest. */
+#if TDP_SPAN_FUNCS > 0
+SPAN_PROBES(0)
+#endif
+#if TDP_SPAN_FUNCS > 1
+SPAN_PROBES(1)
+#endif
+#if TDP_SPAN_FUNCS > 2
+SPAN_PROBES(2)
+#endif
+#if TDP_SPAN_FUNCS > 3
+SPAN_PROBES(3)
+#endif
+#if TDP_SPAN_FUNCS > 4
+SPAN_PROBES(4)
+#endif
+#if TDP_SPAN_FUNCS > 5
+SPAN_PROBES(5)
+#endif
+#if TDP_SPAN_FUNCS > 6
+SPAN_PROBES(6)
+#endif
+#if TDP_SPAN_FUNCS > 7
+SPAN_PROBES(7)
+#endif
+#if TDP_SPAN_FUNCS > 8
+SPAN_PROBES(8)
+#endif
+#if TDP_SPAN_FUNCS > 9
+SPAN_PROBES(9)
+#endif
+#if TDP_SPAN_FUNCS > 10
+SPAN_PROBES(10)
+#endif
+#if TDP_SPAN_FUNCS > 11
+SPAN_PROBES(11)
+#endif
+#if TDP_SPAN_FUNCS > 12
+SPAN_PROBES(12)
+#endif
+#if TDP_SPAN_FUNCS > 13
+SPAN_PROBES(13)
+#endif
+#if TDP_SPAN_FUNCS > 14
+SPAN_PROBES(14)
+#endif
+#if TDP_SPAN_FUNCS > 15
+SPAN_PROBES(15)
+#endif
 _Static_assert(TDP_MAX_FUNCS == 16, "one SPAN_PROBES(i) above per func_args entry");
+_Static_assert(TDP_SPAN_FUNCS <= TDP_MAX_FUNCS, "more span functions than func_args entries");
 
 /* VMM calls: vmm_call_N for the function user space put at vmm_args[N]; entry only. */
 static __always_inline int on_vmm_call(struct pt_regs *ctx, u32 idx)
@@ -132,10 +180,18 @@ static __always_inline int on_vmm_call(struct pt_regs *ctx, u32 idx)
 	return vmm_call(bpf_get_current_pid_tgid(), idx, &r);
 }
 
+#if TDP_VMM_CALLS > 0
 int vmm_call_0(struct pt_regs *ctx) { return on_vmm_call(ctx, 0); }
+#endif
+#if TDP_VMM_CALLS > 1
 int vmm_call_1(struct pt_regs *ctx) { return on_vmm_call(ctx, 1); }
+#endif
+#if TDP_VMM_CALLS > 2
 int vmm_call_2(struct pt_regs *ctx) { return on_vmm_call(ctx, 2); }
+#endif
+#if TDP_VMM_CALLS > 3
 int vmm_call_3(struct pt_regs *ctx) { return on_vmm_call(ctx, 3); }
+#endif
 _Static_assert(TDP_MAX_VMM_CALLS == 4, "one vmm_call_N above per vmm_args entry");
 
 /* Yield points; the lock is their first argument, the flavour rides in tdp_event.flags. */

@@ -74,6 +74,8 @@ def program_defines(plan: ProbePlan, opts: RecordOptions, bench_tgid: int = 0,
     else:
         for tp, define in TRACEPOINT_DEFINES.items():
             d[define] = int(tp in plan.tracepoints)
+        d["TDP_SPAN_FUNCS"] = len(plan.span_functions) if plan.spans else 0
+        d["TDP_VMM_CALLS"] = len(plan.vmm_calls) if plan.spans else 0
     return d
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 from tdptrace.kernel.functions import PREFERRED_SPAN_FUNCTIONS, VMM_CALLS
 from tdptrace.kernel.functions import YIELD_FUNCTIONS as _YIELDS
 from tdptrace.kernel.release import parse_version, ringbuf_supported
-from tdptrace.kernel.symbols import copies_of, listed_functions, text_symbols
+from tdptrace.kernel.symbols import copies_of, listed_functions, text_symbols_named
 from tdptrace.kernel.tracefs import KVMMMU_EVENTS, TRACEFS_MOUNT
 from tdptrace.kernel.tracefs import find_tracefs as tracefs_under
 from tdptrace.live.fentry_probe import probe_fentry
@@ -417,7 +417,7 @@ def check_symbols(env: HostEnv, tracefs: Optional[Path],
     kallsyms = _read(env.path("/proc/kallsyms"))
     if kallsyms is None:
         return [Check("zap functions", MISSING, "/proc/kallsyms unreadable", "run as root")], {}
-    found = copies_of(names, text_symbols(kallsyms))
+    found = copies_of(names, text_symbols_named(kallsyms, names))
     zaps = [s for n in ZAP_FUNCTIONS for s in found[n]]
     yields = [s for n in YIELD_FUNCTIONS for s in found[n]]
     rows = [

@@ -153,7 +153,8 @@ def _record_inputs(spans=True, sptes=True, pids=True, stacks=True, yields=True, 
     plan = ProbePlan(release=release, tracefs=None, tracepoints=list(tracepoints), kprobes=spans, fentry=False,
                      span_functions=[SpanFunction("tdp_mmu_zap_leafs", "tdp_mmu_zap_leafs",
                                                   ("kvm", "root", "start", "end", "can_yield", "flush"))],
-                     yield_functions=["__cond_resched_rwlock_read"] if yields else [])
+                     yield_functions=["__cond_resched_rwlock_read"] if yields else [],
+                     vmm_calls=[SpanFunction("kvm_arch_init_vm", "kvm_arch_init_vm", ("kvm", "type"))])
     opts = RecordOptions(output=None, pids=(1,) if pids else (), sptes=sptes, stacks=stacks)  # type: ignore[arg-type]
     return plan, opts
 
@@ -479,7 +480,7 @@ def test_record_programs_compile_and_verify_with_every_setting_the_recorder_prod
     assert len(combos) == 3 * (2 * 2 + 2 * 2 * 2 * 2) + 3  # spans off: sptes x pids; on: x stacks x yields
     for d in combos:
         n = _compile_and_verify(cls, BPF, PROGRAM, d)
-        assert n == sum(d[t] for t in TRACEPOINT_DEFINES.values()) + (32 + 4 + 4 if d["TDP_WITH_SPANS"] else 0), d
+        assert n == sum(d[t] for t in TRACEPOINT_DEFINES.values()) + (2 * d["TDP_SPAN_FUNCS"] + 4 + d["TDP_VMM_CALLS"] if d["TDP_WITH_SPANS"] else 0), d
     for release in RELEASES:
         plan, opts = _record_inputs(release=release)
         assert _compile_and_verify(cls, BPF, SELFTEST_PROGRAM, program_defines(plan, opts, selftest_tgid=1)) == 1
