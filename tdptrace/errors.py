@@ -1,8 +1,13 @@
-"""User-facing errors: one clear line saying what is wrong and what to do, never a traceback."""
+"""User-facing errors: one clear line saying what is wrong and what to do, never a traceback.
+
+The library raises these and never exits the process; the command line prints `line()` and exits with
+`exit_code` in one place (tdptrace.cli). Public names: TdptraceError (the base), BadInputError,
+CaptureError, CapabilityError, OutputFullError, MissingEventsError; the shorter names are the same classes.
+"""
 from __future__ import annotations
 
 
-class TdpError(Exception):
+class TdptraceError(Exception):
     """An error the user can act on. `hint` says what to do; `exit_code` is the process status."""
 
     def __init__(self, message: str, hint: str = "", exit_code: int = 2) -> None:
@@ -23,21 +28,30 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-class BadInput(TdpError):
+class BadInputError(TdptraceError):
     """The file or value given cannot be read as what it claims to be."""
 
 
-class BadCapture(TdpError):
+class CaptureError(TdptraceError):
     """A capture directory is missing, damaged or of an unknown format version."""
 
 
-class MissingCapability(TdpError):
+class CapabilityError(TdptraceError):
     """The host lacks something a live command needs (root, bcc, headers, tracefs, kprobes...)."""
 
 
-class OutputFull(TdpError):
+class OutputFullError(TdptraceError):
     """The disk (or quota) under the output filled up; what was written before is intact."""
 
 
-class MissingEvents(TdpError):
+class MissingEventsError(TdptraceError):
     """An analysis needs events the capture does not contain."""
+
+
+# The names the package's own modules use (same classes).
+TdpError = TdptraceError
+BadInput = BadInputError
+BadCapture = CaptureError
+MissingCapability = CapabilityError
+OutputFull = OutputFullError
+MissingEvents = MissingEventsError

@@ -153,7 +153,7 @@ def test_the_checker_sees_an_upward_import(tmp_path):
 
 MODULES = ["tdptrace.capture", "tdptrace.metrics.summary", "tdptrace.importers", "tdptrace.capture.assemble",
            "tdptrace.capture.spans", "tdptrace.capture.pagetables", "tdptrace.live.bcc_recorder",
-           "tdptrace.metrics.stretches"]
+           "tdptrace.metrics.stretches", "tdptrace.api", "tdptrace.capture.frames"]
 
 
 def test_core_modules_do_not_import_ui_or_bcc():

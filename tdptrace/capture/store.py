@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -134,13 +134,17 @@ class CaptureWriter:
 
     Every file goes through descriptors of the capture's own directories (safefs), and every chunk and meta.json
     through the pointer scrubber: whatever a writer hands in, no kernel address reaches the disk raw.
+    `on_chunk(table, chunk)` is called with every chunk once it is on disk, exactly as written (the live
+    stream hands these to its user, so what it yields is what the capture holds).
     """
 
     def __init__(self, path: str | Path, meta: CaptureMeta, overwrite: bool = False,
-                 hasher: PointerHasher | None = None) -> None:
+                 hasher: PointerHasher | None = None,
+                 on_chunk: Callable[[str, pa.Table], None] | None = None) -> None:
         self.path = Path(path)
         self.meta = meta
         self.hasher = hasher or PointerHasher()
+        self.on_chunk = on_chunk
         self._dir = _open_for_writing(self.path, overwrite)
         self._tables: dict[str, Dir] = {}
         self._chunks: dict[str, int] = {}
@@ -202,6 +206,8 @@ class CaptureWriter:
             raise
         self._chunks[table] = n + 1
         self._rows[table] = self._rows.get(table, 0) + tbl.num_rows
+        if self.on_chunk is not None:
+            self.on_chunk(table, tbl)
 
     def _table_dir(self, table: str) -> Dir:
         d = self._tables.get(table)
@@ -414,7 +420,8 @@ class Capture:
         return d.is_dir() and any(d.glob("part-*.parquet"))
 
     def table(self, name: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
-        """The table as a DataFrame (empty with the right columns when absent)."""
+        """The table as a DataFrame (empty with the right columns when absent): the columns and pandas dtypes
+        of docs/api.md "Frames" (tdptrace.capture.frames.columns_doc(name) lists them)."""
         if name not in TABLES:
             raise KeyError(name)
         cols = list(columns) if columns is not None else None
@@ -554,6 +561,13 @@ def _value_problem(name: str, df: pd.DataFrame) -> str | None:
             if (depth[pos] >= depth[has]).any():  # a parent is always shallower: no span is its own ancestor
                 return "span nesting is not a tree"
     return None
+
+
+def table_frame(name: str, tbl: pa.Table | None = None) -> pd.DataFrame:
+    """Table `name` of a capture as the reader gives it (the dtypes of docs/api.md): from an Arrow table with the
+    schema's columns, or empty."""
+    schema = TABLES[name]
+    return _to_frame(schema.empty_table() if tbl is None else tbl, schema)
 
 
 _NULLABLE = {

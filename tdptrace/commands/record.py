@@ -15,11 +15,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from tdptrace.errors import BadInput, MissingCapability
 from tdptrace.options import HOUR, YEAR, duration_option, force_option, pid_option, refuse_existing, writer_json
 from tdptrace.options import command as add_command
-
-BACKENDS = ("auto", "bcc", "ftrace")
 
 
 def register(app: typer.Typer) -> None:
@@ -61,100 +58,52 @@ def record_cmd(
     OVERHEAD: per event a map lookup and a few counters in the kernel; a zap span is one record however
     many SPTEs it zaps; SPTE changes are streamed only with --sptes (then one row each).
     """
+    from tdptrace import api
     from tdptrace.live.recording import RecordOptions
 
-    if backend not in BACKENDS:
-        raise BadInput(f"--backend {backend!r} is unknown", f"use one of {', '.join(BACKENDS)}")
+    api.check_backend(backend)
     out = output or Path(time.strftime("tdptrace-%Y%m%d-%H%M%S.tdp"))
-    if not ebpf:
-        refuse_existing([out], force)
-    opts = RecordOptions(output=out, pids=tuple(pid or ()), sptes=sptes, stacks=stacks,
-                         stack_min_gap_ns=stack_threshold, force=force,
-                         waiters=waiters)
-    secs = duration / 1e9 if duration is not None else None
-    opts.validate()
-    from tdptrace.live.attach import plan_probes
-    from tdptrace.live.host import check_host
-
-    report = check_host()
-    plan = plan_probes(report)
-    chosen = _choose_backend(backend, report)
-    if waiters and backend == "bcc":
-        raise BadInput("--waiters is recorded by the ftrace backend only", "use --backend ftrace (or auto)")
-    chosen = "ftrace" if waiters else chosen
     if ebpf:
         from tdptrace.live.bcc_recorder import program_defines, program_text
 
-        typer.echo(program_text(program_defines(plan, opts)))
+        opts = RecordOptions(output=out, pids=tuple(pid or ()), sptes=sptes, stacks=stacks,
+                             stack_min_gap_ns=stack_threshold, force=force, waiters=waiters)
+        typer.echo(program_text(program_defines(api.plan_recording(opts, backend).probes, opts)))
         return
-    if not report.check("root").ok:
-        raise MissingCapability("record needs root (BPF and tracefs)", "run it with sudo")
-    if report.tracefs is None:
-        raise MissingCapability("tracefs is not mounted", "mount -t tracefs nodev /sys/kernel/tracing "
-                                "(sudo bash scripts/bootstrap.sh does it)")
-    _refuse_what_cannot_work(report, chosen, backend)
-    if not quiet:
-        tdp = _row(report, "tdp_mmu")
-        if tdp is not None and not tdp.ok:
-            typer.echo(f"tdptrace: note: {tdp.detail}", err=True)
-    from tdptrace.live.ftrace_backend import FtraceRecorder
+    refuse_existing([out], force)
+    secs = duration / 1e9 if duration is not None else None
 
-    if chosen == "bcc":
-        from tdptrace.live.bcc_recorder import BccRecorder
+    def note(kind: str, line: str) -> None:  # -q keeps only the note that the backend changed
+        if not quiet or kind == "backend":
+            typer.echo(f"tdptrace: note: {line}", err=True)
 
-        try:
-            _run(BccRecorder(plan, opts, argv=command), plan, secs, command, quiet, as_json)
-            return
-        except MissingCapability as exc:  # raised before anything was recorded or COMMAND started
-            if backend != "auto":
-                raise
-            typer.echo(f"tdptrace: note: {exc.message}; recording with --backend ftrace instead", err=True)
-    _run(FtraceRecorder(plan, opts, argv=command), plan, secs, command, quiet, as_json)
-
-
-def _row(report, name: str):
-    try:
-        return report.check(name)
-    except KeyError:
-        return None
-
-
-def _refuse_what_cannot_work(report, chosen: str, backend: str) -> None:
-    """One line naming the missing piece (the doctor row's detail and fix) instead of an empty capture or a
-    compiler error: nothing recordable at all, or --backend bcc without bcc or kernel headers."""
-    if not report.can_record:
-        first = ("kvm", "vendor module", "kvmmmu tracepoints", "zap functions")  # the cause, before its effects
-        rows = sorted((c for c in report.checks if c.status == "missing" and c.fix),
-                      key=lambda c: first.index(c.name) if c.name in first else len(first))
-        row = rows[0] if rows else None
-        raise MissingCapability(report.verdict(), row.fix if row else "run tdptrace doctor")
-    if backend == "bcc" and not report.methods.get("bcc_tracepoints"):
-        for name in ("bcc", "kernel headers"):
-            row = _row(report, name)
-            if row is not None and row.status == "missing":
-                raise MissingCapability(f"--backend bcc: {row.detail}", f"{row.fix}; or use --backend ftrace")
-
-
-def _choose_backend(backend: str, report) -> str:
-    if backend != "auto":
-        return backend
-    return "bcc" if report.methods.get("bcc_tracepoints") else "ftrace"
-
-
-def _run(recorder, plan, secs: Optional[float], command: Optional[list[str]], quiet: bool, as_json: bool) -> None:
     from rich.console import Console
+
+    err = Console(stderr=True)
+    with _stdout_to_stderr(as_json and bool(command)):  # COMMAND inherits fd 1: stdout carries the JSON alone
+        with api.record(out, pids=tuple(pid or ()), duration=secs, backend=backend, sptes=sptes, stacks=stacks,
+                        stack_threshold_ns=stack_threshold, waiters=waiters, force=force, command=command,
+                        keep=False, on_note=note) as stream:
+            result = _watch(stream, err, quiet)
+    _report(result, err, quiet, as_json)
+
+
+def _watch(stream, err, quiet: bool):
+    """What the recording cannot see here, then the live line until it ends; returns how it ended."""
     from rich.live import Live
     from rich.text import Text
 
-    from tdptrace.live.recording import LiveStatus, run
+    from tdptrace.live.recording import LiveStatus
 
-    err = Console(stderr=True)
+    plan = stream.plan.probes
     if not quiet:
         for line in plan.unavailable():
             err.print(f"[yellow]note:[/] {line}")
         missing = [m["probe"] for m in plan.missing]
         if missing:
             err.print(f"[yellow]not attached:[/] {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+    if quiet or not err.is_terminal:
+        return stream.wait()
 
     def line(st: LiveStatus) -> Text:
         gap = "-" if st.worst_gap_ns is None else f"{st.worst_gap_ns / 1e6:.2f} ms"
@@ -162,14 +111,13 @@ def _run(recorder, plan, secs: Optional[float], command: Optional[list[str]], qu
         return Text(f"recording {st.elapsed_s:6.1f}s  {st.events_per_s:9,.0f} ev/s  {st.events:,} events  "
                     f"spans {st.spans:,}  worst gap {gap}  drops {st.drops:,}", style=style)
 
-    live = Live(line(LiveStatus()), console=err, refresh_per_second=4, transient=True,
-                auto_refresh=err.is_terminal)
-    with _stdout_to_stderr(as_json and bool(command)):  # stdout carries the JSON object alone
-        if quiet or not err.is_terminal:
-            result = run(recorder, duration=secs, command=command)
-        else:
-            with live:
-                result = run(recorder, duration=secs, command=command, tick=lambda st: live.update(line(st)))
+    with Live(line(LiveStatus()), console=err, refresh_per_second=4, transient=True) as live:
+        stream.on_status = lambda st: live.update(line(st))
+        return stream.wait()
+
+
+def _report(result, err, quiet: bool, as_json: bool) -> None:
+    """The closing line, the summary (or the JSON object), and COMMAND's exit status as ours."""
     st = result.status
     err.print(f"recorded {st.elapsed_s:.1f}s, stopped by {result.stopped_by}: {result.capture}")
     if as_json or not quiet:

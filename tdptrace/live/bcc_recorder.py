@@ -23,7 +23,7 @@ from tdptrace.kernel.spte import Encoding, encoding_for_release
 from tdptrace.live import programs
 from tdptrace.live.attach import TRACEPOINT_DEFINES, YIELD_PROGRAMS, ProbePlan
 from tdptrace.live.programs import bcc_compat, cflag, probes_dir  # noqa: F401 - re-exported for callers
-from tdptrace.live.recording import LiveStatus, RecordOptions, live_meta
+from tdptrace.live.recording import ChunkObserver, LiveStatus, RecordOptions, live_meta
 from tdptrace.live.records import (
     DROPS_SLOTS,
     EVENT,
@@ -117,8 +117,10 @@ def vm_owners(table: Any) -> dict[int, tuple[int, str]]:
 class BccRecorder:
     """Live recording through BCC: one instance per capture."""
 
-    def __init__(self, plan: ProbePlan, opts: RecordOptions, argv: list[str] | None = None) -> None:
+    def __init__(self, plan: ProbePlan, opts: RecordOptions, argv: list[str] | None = None,
+                 on_chunk: ChunkObserver | None = None) -> None:
         opts.validate()
+        self.on_chunk = on_chunk
         if len(set(opts.pids)) > MAX_PIDS:
             raise BadInput(f"-p names {len(set(opts.pids))} processes; one recording follows at most {MAX_PIDS}",
                            "record fewer VMs at a time, or all of them (no -p)")
@@ -145,7 +147,8 @@ class BccRecorder:
 
     # -- start ---------------------------------------------------------------------------------------
     def start(self) -> None:
-        self.writer = CaptureWriter(self.opts.output, self.meta, overwrite=self.opts.force, hasher=self.hasher)
+        self.writer = CaptureWriter(self.opts.output, self.meta, overwrite=self.opts.force, hasher=self.hasher,
+                                    on_chunk=self.on_chunk)
         try:
             self.bpf = compile_program(self.defines)
         except BaseException:
@@ -270,6 +273,10 @@ class BccRecorder:
             r.close()
         self.bpf.cleanup()
         return self.writer.path
+
+    def lost_per_cpu(self) -> dict[str, int]:
+        """Events lost so far, per CPU (and 'perf' for perf buffers): the kernel's drop counters."""
+        return self._drops_per_cpu()
 
     def _drops_per_cpu(self) -> dict[str, int]:
         drops = self.bpf[b"drops"]

@@ -29,7 +29,7 @@ from tdptrace.kernel.signatures import ARG_REGISTERS
 from tdptrace.kernel.spte import encoding_for_release
 from tdptrace.kernel.tracefs import CONTENTION_FILTER, WAITER_EVENTS
 from tdptrace.live.attach import ProbePlan
-from tdptrace.live.recording import LiveStatus, RecordOptions, live_meta
+from tdptrace.live.recording import ChunkObserver, LiveStatus, RecordOptions, live_meta
 
 INSTANCE_PREFIX = "tdptrace-"
 READ_BYTES = 4 << 20
@@ -71,8 +71,10 @@ def remove_stale_instances(tracefs_dir: Path) -> list[str]:
 class FtraceRecorder:
     """Live recording through tracefs text: one instance per capture."""
 
-    def __init__(self, plan: ProbePlan, opts: RecordOptions, argv: list[str] | None = None) -> None:
+    def __init__(self, plan: ProbePlan, opts: RecordOptions, argv: list[str] | None = None,
+                 on_chunk: ChunkObserver | None = None) -> None:
         opts.validate()
+        self.on_chunk = on_chunk
         if plan.tracefs is None:
             raise MissingCapability("tracefs is not mounted", "mount -t tracefs nodev /sys/kernel/tracing")
         self.plan = plan
@@ -99,7 +101,7 @@ class FtraceRecorder:
     # -- start ---------------------------------------------------------------------------------------
     def start(self) -> None:
         remove_stale_instances(self.root)
-        self.writer = CaptureWriter(self.opts.output, self.meta, overwrite=self.opts.force)
+        self.writer = CaptureWriter(self.opts.output, self.meta, overwrite=self.opts.force, on_chunk=self.on_chunk)
         self.asm = Assembler(self.writer, encoding_for_release(self.plan.release))
         try:
             self.instance.mkdir()
@@ -298,6 +300,13 @@ class FtraceRecorder:
         finally:
             self._cleanup()
         return self.writer.path
+
+    def lost_per_cpu(self) -> dict[str, int]:
+        """Events lost so far, per CPU, as the trace's lost-event lines said (overwrites are counted at the end)."""
+        out: dict[str, int] = {}
+        for cpu, count, _ in (self.asm.lost if self.asm is not None else ()):
+            out[str(cpu)] = out.get(str(cpu), 0) + count
+        return out
 
     def _overrun(self) -> int:
         total = 0

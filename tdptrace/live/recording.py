@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from tdptrace.capture import CaptureMeta, default_host
 from tdptrace.errors import BadInput
@@ -59,12 +59,17 @@ class LiveStatus:
     drops: int = 0
 
 
+ChunkObserver = Callable[[str, Any], None]  # (table, pyarrow.Table) of every chunk the capture writer wrote
+
+
 class Recorder(Protocol):
     """A live backend (BCC or ftrace)."""
 
     def start(self) -> None: ...
 
     def poll(self) -> LiveStatus: ...
+
+    def lost_per_cpu(self) -> dict[str, int]: ...
 
     def finish(self, stopped_by: str) -> Path: ...
 
@@ -114,42 +119,65 @@ def kvm_params(root: Path = Path("/sys/module")) -> dict[str, Any]:
     return out
 
 
-def run(recorder: Recorder, *, duration: float | None = None, command: list[str] | None = None,
-        tick: Callable[[LiveStatus], None] | None = None, interval: float = 0.1) -> RunResult:
-    """Record until SIGINT/SIGTERM, `duration` seconds, or the end of `command`; always finish the capture."""
-    stop = threading.Event()
-    reason: list[str] = []
+class LiveRun:
+    """One recording as a loop the caller drives: entering starts the recorder (and `command`); each step of
+    the iteration polls once and yields the live figures; the loop ends at SIGINT/SIGTERM (when entered on the
+    main thread), `duration` seconds, the end of `command` or `stop()`. `finish()` (also on leaving, whatever
+    happened) ends the command and finishes the capture; `result` then says how it ended."""
 
-    def on_signal(signum: int, frame: Any) -> None:
-        if not reason:
-            reason.append(signal.Signals(signum).name)
-        stop.set()
+    def __init__(self, recorder: Recorder, *, duration: float | None = None, command: list[str] | None = None,
+                 interval: float = 0.1) -> None:
+        self.recorder = recorder
+        self.duration = duration
+        self.command = command
+        self.interval = interval
+        self.status = LiveStatus()
+        self.result: RunResult | None = None
+        self._stop = threading.Event()
+        self._reason: list[str] = []
+        self._old: dict[int, Any] = {}
+        self._child: subprocess.Popen | None = None
+        self._started = False
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    child: subprocess.Popen | None = None
-    status = LiveStatus()
-    started = False
-    try:
-        recorder.start()
-        started = True
-        if command:
-            try:
-                child = subprocess.Popen(command)
-            except OSError as exc:
-                raise BadInput(f"cannot run {command[0]}: {exc.strerror}", "check the command after --")
+    def stop(self, reason: str = "stopped") -> None:
+        """End the loop at its next step (from the loop's body, a callback or another thread)."""
+        if not self._reason:
+            self._reason.append(reason)
+        self._stop.set()
+
+    def __enter__(self) -> "LiveRun":
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, lambda signum, frame: self.stop(signal.Signals(signum).name))
+                         for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.recorder.start()
+            self._started = True
+            if self.command:
+                try:
+                    self._child = subprocess.Popen(self.command)
+                except OSError as exc:
+                    raise BadInput(f"cannot run {self.command[0]}: {exc.strerror}", "check the command after --")
+        except BaseException:
+            self.finish()
+            raise
+        return self
+
+    def __iter__(self) -> Iterator[LiveStatus]:
         t0 = time.monotonic()
-        while not stop.is_set():
-            stop.wait(interval)
-            status = recorder.poll()
-            if tick:
-                tick(status)
-            if duration is not None and time.monotonic() - t0 >= duration:
-                reason.append("duration")
-                break
-            if child is not None and child.poll() is not None:
-                reason.append("command exited")
-                break
-    finally:
+        while not self._stop.is_set():
+            self._stop.wait(self.interval)
+            self.status = self.recorder.poll()
+            yield self.status
+            if self.duration is not None and time.monotonic() - t0 >= self.duration:
+                self.stop("duration")
+            elif self._child is not None and self._child.poll() is not None:
+                self.stop("command exited")
+
+    def finish(self) -> RunResult | None:
+        """End the command (SIGTERM, then SIGKILL after 10 s), finish the capture, restore the signal handlers."""
+        if self.result is not None or not self._old and not self._started:
+            return self.result
+        child, self._child = self._child, None
         cmd_status = None
         if child is not None:
             if child.poll() is None:
@@ -160,11 +188,29 @@ def run(recorder: Recorder, *, duration: float | None = None, command: list[str]
                     child.kill()
                     child.wait()
             cmd_status = child.returncode
-        stopped_by = reason[0] if reason else "error"
+        stopped_by = self._reason[0] if self._reason else "error"
         try:
-            if started:
-                path = recorder.finish(stopped_by)
+            if self._started:
+                self._started = False
+                path = self.recorder.finish(stopped_by)
+                self.result = RunResult(capture=path, stopped_by=stopped_by, command_status=cmd_status,
+                                        status=self.status)
         finally:
+            old, self._old = self._old, {}
             for s, h in old.items():
                 signal.signal(s, h)
-    return RunResult(capture=path, stopped_by=stopped_by, command_status=cmd_status, status=status)
+        return self.result
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.finish()
+
+
+def run(recorder: Recorder, *, duration: float | None = None, command: list[str] | None = None,
+        tick: Callable[[LiveStatus], None] | None = None, interval: float = 0.1) -> RunResult:
+    """Record until SIGINT/SIGTERM, `duration` seconds, or the end of `command`; always finish the capture."""
+    with LiveRun(recorder, duration=duration, command=command, interval=interval) as live:
+        for status in live:
+            if tick:
+                tick(status)
+    assert live.result is not None
+    return live.result
