@@ -1,5 +1,5 @@
 """Package discovery: every tdptrace.* package is found automatically; the top-level probes/ directory (BPF C
-sources) is installed as tdptrace.probes. The importer's native scanner and the pointer scrubber's prefilter are compiled where a C compiler is
+sources) is installed as tdptrace.probes. The importer's native scanner, the pointer scrubber's prefilter and the retained-table pass are compiled where a C compiler is
 present (optional: without one the pure path reads the same figures). Everything else is in pyproject.toml."""
 from setuptools import Extension, find_packages, setup
 
@@ -9,5 +9,7 @@ setup(
     ext_modules=[Extension("tdptrace.importers._tracefs_scan", ["tdptrace/importers/_tracefs_scan.c"],
                            extra_compile_args=["-O2"], optional=True),
                  Extension("tdptrace.capture._address_scan", ["tdptrace/capture/_address_scan.c"],
+                           extra_compile_args=["-O2"], optional=True),
+                 Extension("tdptrace.capture._pagetables_scan", ["tdptrace/capture/_pagetables_scan.c"],
                            extra_compile_args=["-O2"], optional=True)],
 )

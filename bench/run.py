@@ -72,8 +72,13 @@ def import_rows(r: dict) -> list[Row]:
 
 
 def metrics_rows(r: dict) -> list[Row]:
-    return [Row(f"metrics: zaps by level + retained over {r['events']:,} SPTE changes, s (vs pandas groupby-apply)",
-                _fmt(r["tdptrace_s"], " s"), _fmt(r["baseline_s"], " s"), r["speedup"], ">= 5x", r["speedup"] >= 5)]
+    rows = []
+    for when, ours, base, ratio in (("cold", "tdptrace_s", "baseline_s", "speedup"),
+                                    ("warm", "tdptrace_warm_s", "baseline_warm_s", "speedup_warm")):
+        rows.append(Row(f"metrics: zaps by level + retained over {r['events']:,} SPTE changes read back from "
+                        f"Parquet, {when}, s (vs pandas groupby-apply)", _fmt(r[ours], " s"), _fmt(r[base], " s"),
+                        r[ratio], ">= 10x (floor 5x)", r[ratio] >= 10))
+    return rows
 
 
 def size_rows(r: dict) -> list[Row]:

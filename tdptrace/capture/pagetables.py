@@ -7,21 +7,41 @@ Everything is vectorised over the whole SPTE frame: one sort and a few grouped c
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from tdptrace.kernel.spte import Encoding, is_leaf, is_present, table_base
+from tdptrace.kernel.spte import (
+    LEGACY_MMIO_VALUE,
+    LEGACY_REMOVED_SPTE,
+    LEGACY_SPECIAL_MASK,
+    PT_PAGE_SIZE_MASK,
+    SPTE_MMU_PRESENT_MASK,
+    Encoding,
+    is_leaf,
+    is_present,
+    table_base,
+)
 
 # Bits of the table key: as_id (8) | level (3) | base gfn (up to 2^52 pages). gfn fits in 52 bits on x86-64.
 _GFN_BITS = 52
+
+
+try:
+    from tdptrace.capture import _pagetables_scan  # type: ignore[attr-defined]
+except ImportError:  # built without a C compiler: the numpy path below
+    _pagetables_scan = None
 
 
 def classify(sptes: pd.DataFrame, encoding: Encoding) -> pd.DataFrame:
     """Per SPTE change: was/is present, was leaf, is leaf, zap (present -> not present) and install."""
     old = sptes["old_spte"].to_numpy(dtype=np.uint64)
     new = sptes["new_spte"].to_numpy(dtype=np.uint64)
+    native = _native_classify(old, new, sptes["level"].to_numpy(), encoding, sptes.index)
+    if native is not None:
+        return native
     level = sptes["level"].to_numpy(dtype=np.int64)
     po = is_present(old, encoding)
     pn = is_present(new, encoding)
@@ -33,6 +53,23 @@ def classify(sptes: pd.DataFrame, encoding: Encoding) -> pd.DataFrame:
         "zap": po & ~pn,
         "install": ~po & pn,
     }, index=sptes.index)
+
+
+_CLASSES = ("was_present", "is_present", "old_leaf", "new_leaf", "zap", "install")
+
+
+def _native_classify(old: np.ndarray, new: np.ndarray, level: np.ndarray, encoding: Encoding,
+                     index: pd.Index) -> pd.DataFrame | None:
+    """classify() in one compiled pass writing the six columns directly (None where the pass is not built or
+    switched off, or levels are not uint8)."""
+    if _pagetables_scan is None or os.environ.get("TDPTRACE_PURE", "") not in ("", "0") or level.dtype != np.uint8:
+        return None
+    out = {c: np.empty(len(old), dtype=np.bool_) for c in _CLASSES}
+    _pagetables_scan.classify(np.ascontiguousarray(old), np.ascontiguousarray(new), np.ascontiguousarray(level),
+                              encoding == Encoding.LEGACY, int(SPTE_MMU_PRESENT_MASK), int(PT_PAGE_SIZE_MASK),
+                              int(LEGACY_SPECIAL_MASK), int(LEGACY_MMIO_VALUE), int(LEGACY_REMOVED_SPTE),
+                              *out.values())
+    return pd.DataFrame(out, index=index, copy=False)
 
 
 def _key(as_id: np.ndarray, level: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -62,6 +99,29 @@ class RetainedSeries:
         return {int(k): int(v) for k, v in per.items() if v}
 
 
+def _native_changes(sptes: pd.DataFrame, cls: pd.DataFrame, seq: np.ndarray, root_level: int) -> RetainedSeries | None:
+    """The same series from the compiled pass (one hash-table walk in event order instead of sorting every
+    operation by table), or None where it does not apply: not built, TDPTRACE_PURE=1, rows not in seq order,
+    or levels outside 1..5."""
+    if _pagetables_scan is None or os.environ.get("TDPTRACE_PURE", "") not in ("", "0"):
+        return None
+    level = sptes["level"].to_numpy()
+    if level.dtype != np.uint8 or int(level.min()) < 1 or int(level.max()) > 5 or not (np.diff(seq) > 0).all():
+        return None
+    as_id = sptes["as_id"].to_numpy()
+    if as_id.dtype != np.uint8:
+        return None
+    flags = [np.ascontiguousarray(cls[c].to_numpy(dtype=np.bool_)) for c in ("was_present", "is_present",
+                                                                              "old_leaf", "new_leaf")]
+    rec = _pagetables_scan.retained(np.ascontiguousarray(seq), np.ascontiguousarray(sptes["ts"].to_numpy(np.int64)),
+                                    np.ascontiguousarray(as_id), np.ascontiguousarray(level),
+                                    np.ascontiguousarray(sptes["gfn"].to_numpy(np.uint64)), *flags, root_level)
+    r = np.frombuffer(rec, dtype=np.int64).reshape(-1, 4)
+    ch = pd.DataFrame({"seq": r[:, 0].copy(), "ts": r[:, 1].copy(), "level": r[:, 2].copy(), "delta": r[:, 3].copy()})
+    ch["retained"] = np.cumsum(ch["delta"].to_numpy())
+    return RetainedSeries(ch, root_level)
+
+
 def retained_series(sptes: pd.DataFrame, cls: pd.DataFrame) -> RetainedSeries:
     """Compute the retained non-leaf table count after every SPTE change that moves it."""
     n = len(sptes)
@@ -71,6 +131,9 @@ def retained_series(sptes: pd.DataFrame, cls: pd.DataFrame) -> RetainedSeries:
         return RetainedSeries(pd.DataFrame({"seq": [], "ts": [], "level": [], "delta": [], "retained": []},
                                            dtype=np.int64), root_level)
     seq = sptes["seq"].to_numpy(dtype=np.int64)
+    native = _native_changes(sptes, cls, seq, root_level)
+    if native is not None:
+        return native
     ts = sptes["ts"].to_numpy(dtype=np.int64)
     as_id = sptes["as_id"].to_numpy(dtype=np.uint64)
     level = sptes["level"].to_numpy(dtype=np.int64)

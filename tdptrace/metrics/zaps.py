@@ -36,12 +36,18 @@ def df_zaps(cap: Capture) -> pd.DataFrame:
     return z[["ts", "seq", "cpu", "tid", "comm", "as_id", "gfn", "level"]].assign(leaf=z["old_leaf"].to_numpy())
 
 
+def zap_counts(level: np.ndarray, cls: pd.DataFrame) -> dict[tuple[int, bool], int]:
+    """{(level, leaf): zaps} from SPTE levels and their classify() columns: one bincount, no frame of zaps."""
+    zap = cls["zap"].to_numpy()
+    code = level[zap].astype(np.int64) * 2 + cls["old_leaf"].to_numpy()[zap]
+    counts = np.bincount(code, minlength=2 * (max(LEVELS) + 1))
+    return {(int(c) // 2, bool(c % 2)): int(n) for c, n in enumerate(counts) if n}
+
+
 def zaps_by_level(cap: Capture) -> tuple[dict[str, dict[str, int]], str]:
     """{level: {leaf, nonleaf}} for levels with any zap, and where the figure comes from."""
     if len(cap.sptes):
-        z = df_zaps(cap)
-        counts = z.groupby(["level", "leaf"]).size()
-        return _shape({(int(lv), bool(lf)): int(n) for (lv, lf), n in counts.items()}), "kvm_tdp_mmu_spte_changed"
+        return _shape(zap_counts(cap.sptes["level"].to_numpy(), spte_classes(cap))), "kvm_tdp_mmu_spte_changed"
     totals = (cap.meta.events or {}).get("zap_totals")
     if totals:  # the live recorder's in-kernel per-level counters (when SPTE events were not streamed)
         return _shape({(int(lv), kind == "leaf"): int(n) for lv, v in totals.items() for kind, n in v.items()}), \
