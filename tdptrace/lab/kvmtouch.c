@@ -6,7 +6,7 @@
  *   2. madvise:   MADV_DONTNEED on the upper half of guest memory (mmu notifier -> leaf zaps)
  *   3. retouch:   the vCPU writes the upper half again
  *   3b. contend:  (CONTEND_MIB > 0) MADV_DONTNEED of CONTEND_MIB from the first data page while a second
- *                 thread, on the other CPU, zaps the last page of guest memory again and again: a second task
+ *                 thread, on the other CPU, maps and zaps the last page of guest memory again and again: a second task
  *                 zapping, so that the first zap's mmu_lock has a waiter (lock contention, not need_resched)
  *   4. delete:    the memslot is deleted (zap_all_fast -> zap invalidated roots / whole tree)
  *   5. close:     vCPU and VM file descriptors are closed (VM teardown)
@@ -91,7 +91,8 @@ static void pin_cpu0(void)
 }
 
 /* Phase 3b's second task: zaps one page (the last of guest memory) until told to stop, from CPU 1. Each
- * madvise is an mmu-notifier invalidation that takes mmu_lock for write, whether or not the page is mapped. */
+ * madvise of the page, mapped again just before, is an mmu-notifier invalidation that takes mmu_lock for write
+ * (whether or not the guest has an SPTE for it). */
 struct contender {
 	uint8_t *page;
 	atomic_int stop;
@@ -104,10 +105,16 @@ static void *contend_loop(void *arg)
 
 	pin_cpu(1);
 	while (!atomic_load(&c->stop)) {
+		/* Map the page in this process again first: an invalidation of a range with nothing mapped never
+		 * reaches KVM's mmu notifier. */
+		*(volatile uint8_t *)c->page = 1;
 		if (madvise(c->page, PAGE, MADV_DONTNEED))
 			die("madvise(DONTNEED) of the contender's page");
 		atomic_fetch_add(&c->rounds, 1);
-		usleep(200);
+		/* Come back about once a millisecond: often enough to find the zap holding mmu_lock many times, rarely
+		 * enough that the zap (which hands the lock over at each such wait) still makes progress under an
+		 * emulator that runs one vCPU at a time. */
+		usleep(1000);
 	}
 	return NULL;
 }
@@ -125,7 +132,7 @@ static unsigned long contend(uint8_t *mem, unsigned long size, unsigned long con
 	pin_cpu0();
 	if (pthread_create(&th, NULL, contend_loop, &c))
 		die("pthread_create");
-	while (atomic_load(&c.rounds) < 10)
+	while (atomic_load(&c.rounds) < 3)
 		usleep(100);
 	before = atomic_load(&c.rounds);
 	if (madvise(mem + HUGE, contend_mib << 20, MADV_DONTNEED))

@@ -10,7 +10,15 @@ from tdptrace.lab.host import missing_host_packages
 from tdptrace.lab.run import LabRun, run
 from tdptrace.lab.scenario import Scenario
 
-KERNELS = ("5.10", "6.1", "6.12")
+KERNELS = ("5.10", "6.1", "6.12", "6.17", "7.3")
+# Kernels whose root teardown runs four passes (zap_level 1, 2, 3, root) from a real tdp_mmu_zap_root.
+FOUR_PASS = ("6.12", "6.17", "7.3")
+# Builds on which a task waiting for mmu_lock makes a zap yield (docs/kernel.md, "What each lab kernel is
+# expected to show"): 6.1 (PREEMPT_DYNAMIC, before the boot-model check) and the PREEMPT_LAZY builds.
+CONTENTION_YIELDS = ("6.1", "6.17", "7.3")
+# Phase 3b: 64 MiB zapped while a second task zaps one page about once a millisecond (kvmtouch.c).
+CONTEND_MIB = 64
+CONTEND_GUEST_MIB = 144
 # 4K backing under CPU contention (so that zaps yield) and 2M backing without. 512 MiB is what it takes for
 # the root teardown's longest stretch to stand well above TCG's timing noise (docs/lab.md).
 HOG_MIB = 512
@@ -28,6 +36,10 @@ def hog_scenario(kernel: str) -> Scenario:
 
 def straddle_scenario(kernel: str) -> Scenario:
     return Scenario(kernel=kernel, mib=STRADDLE_MIB, thp=False, hog=True, base_mib=STRADDLE_BASE_MIB)
+
+
+def contend_scenario(kernel: str) -> Scenario:
+    return Scenario(kernel=kernel, mib=CONTEND_GUEST_MIB, contend_mib=CONTEND_MIB)
 
 
 def thp_scenario(kernel: str) -> Scenario:

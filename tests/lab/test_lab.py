@@ -1,4 +1,6 @@
-"""What the stock kernels really do, booted in the lab: 5.10, 6.1 and 6.12, 4K under contention and 2M without.
+"""What the stock kernels really do, booted in the lab: 5.10, 6.1, 6.12, 6.17 and 7.3, 4K under CPU contention, 2M
+without, and a zap with a second task waiting for mmu_lock. The expected figures are docs/kernel.md's ("What each
+lab kernel is expected to show"), written from the source before the runs.
 
 Expected figures follow from the workload (kvmtouch.c): phase 1 touches every data page from 2 MiB up, the
 madvise phase empties the upper half (`madvised_regions` 2 MiB regions), phase 3 touches it again, and the
@@ -14,7 +16,16 @@ import pytest
 
 from tdptrace.lab.run import LabRun
 
-from .conftest import KERNELS, hog_scenario, straddle_scenario, thp_scenario
+from .conftest import (
+    CONTEND_MIB,
+    CONTENTION_YIELDS,
+    FOUR_PASS,
+    KERNELS,
+    contend_scenario,
+    hog_scenario,
+    straddle_scenario,
+    thp_scenario,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -34,6 +45,7 @@ def _workload(r: LabRun) -> dict[str, int]:
     assert k["madvised_regions"] == mib // 4
     assert k["gibs"] == (base + mib - 1) // 1024 - base // 1024 + 1
     assert k["overhead_pages"] == 3 + k["gibs"]  # code, PML4, PDPT, a PD per GiB, in the first 2 MiB region
+    assert k["contend_pages"] == r.scenario["contend_mib"] * 256
     return k
 
 
@@ -121,7 +133,7 @@ def test_root_teardown_passes(lab_run, kernel: str) -> None:
             assert _zaps(span["zaps_by_level"], level, kind) == n, (level, span)
         return
     passes = [s["zap_level"] for s in spans]
-    assert passes == ([3, 4] if kernel == "6.1" else [1, 2, 3, 4])
+    assert passes == ([1, 2, 3, 4] if kernel in FOUR_PASS else [3, 4])
     if kernel == "6.1":
         first, second = spans
         for level in (1, 2, 3):
@@ -137,7 +149,7 @@ def test_root_teardown_passes(lab_run, kernel: str) -> None:
 
 def _yield_returns_in_trace(r: LabRun, function: str) -> int:
     """Returns of a yield point into `function`, counted in the raw trace text (independent of the importer)."""
-    data = Path(r.trace).read_bytes()
+    data = r.trace_bytes()
     return len(re.findall(rb"\(" + re.escape(function.encode()) + rb"\+0x[0-9a-f]+/0x[0-9a-f]+ \[kvm\] <- "
                           rb"__cond_resched", data))
 
@@ -167,22 +179,67 @@ def test_memory_over_two_gib_entries(lab_run, kernel: str) -> None:
 
 
 def test_longest_stretch_without_yield_shrinks(lab_run) -> None:
-    """Under contention the root teardown's longest gap shrinks: 5.10 (one recursive zap of the 512 GiB entry)
-    > 6.1 (first pass yields between 1 GiB entries; compared where there are two) > 6.12 (four passes,
-    yielding between page tables)."""
+    """Under CPU contention the root teardown's longest gap shrinks: 5.10 (one recursive zap of the 512 GiB entry)
+    > 6.1 (first pass yields between 1 GiB entries; compared where there are two) > 6.12, 6.17 and 7.3 (four
+    passes, yielding between page tables; on the lazy-preemption builds the hog's request waits for a tick)."""
     assert _teardown_gap(lab_run(straddle_scenario("5.10"))) > _teardown_gap(lab_run(straddle_scenario("6.1")))
-    gap61, gap612 = (_teardown_gap(lab_run(hog_scenario(k))) for k in ("6.1", "6.12"))
-    r612 = lab_run(hog_scenario("6.12"))
-    counted = sum(s["yields"] for s in _teardown(r612))
-    in_trace = _yield_returns_in_trace(r612, "__tdp_mmu_zap_root")
-    if counted == 0 and in_trace > 0:
-        # Debian's 6.12 vmlinux starts functions with ENDBR64, so a kprobe on __cond_resched_rwlock_* reports
-        # "+0x4/..."; an importer that takes only "+0x0" as the entry misses every yield point.
-        pytest.xfail(f"the importer counted no yields in 6.12's root teardown, the trace has {in_trace} "
-                     "returns of __cond_resched_rwlock_* into __tdp_mmu_zap_root (entry lines at +0x4)")
-    assert gap61 > gap612, (gap61, gap612)
-    # 6.12 really yields inside its teardown when the CPU is contended.
-    assert counted > 0
+    gap61 = _teardown_gap(lab_run(hog_scenario("6.1")))
+    for kernel in FOUR_PASS:
+        r = lab_run(hog_scenario(kernel))
+        counted = sum(s["yields"] for s in _teardown(r))
+        in_trace = _yield_returns_in_trace(r, "__tdp_mmu_zap_root")
+        if counted == 0 and in_trace > 0:
+            # Debian's vmlinux from 6.12 starts functions with ENDBR64, so a kprobe on __cond_resched_rwlock_*
+            # reports "+0x4/..."; an importer that takes only "+0x0" as the entry misses every yield point.
+            pytest.xfail(f"the importer counted no yields in {kernel}'s root teardown, the trace has {in_trace} "
+                         "returns of __cond_resched_rwlock_* into __tdp_mmu_zap_root (entry lines at +0x4)")
+        gap = _teardown_gap(r)
+        assert gap61 > gap, (kernel, gap61, gap)
+        # The four-pass teardown really yields inside itself when the CPU is contended.
+        assert counted > 0, kernel
+
+
+def _contended_span(r: LabRun) -> dict[str, Any]:
+    """Phase 3b's zap: the innermost zap function over exactly the contended range (from the first data page)."""
+    base = r.scenario["base_mib"]
+    inner = "zap_gfn_range" if r.release.startswith("5.10") else "tdp_mmu_zap_leafs"
+    start, end = (base + 2) * 256, (base + 2 + r.scenario["contend_mib"]) * 256
+    (span,) = [s for s in r.summary["spans"] if s["function"] == inner and s["gfn_start"] == start
+               and s["gfn_end"] == end]
+    return span
+
+
+def _contender_spans(r: LabRun) -> list[dict[str, Any]]:
+    """The second task's zaps: one page, the last of guest memory."""
+    base, mib = r.scenario["base_mib"], r.scenario["mib"]
+    last = (base + mib) * 256
+    inner = "zap_gfn_range" if r.release.startswith("5.10") else "tdp_mmu_zap_leafs"
+    return [s for s in r.summary["spans"] if s["function"] == inner and s["gfn_start"] == last - 1
+            and s["gfn_end"] == last]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_lock_contention_yields_follow_the_preemption_model(lab_run, kernel: str) -> None:
+    """A zap with a second task waiting for mmu_lock (no CPU hog): it yields on 6.1 (PREEMPT_DYNAMIC build
+    before the boot-model check) and on the PREEMPT_LAZY builds 6.17 and 7.3; never on 6.12 booted voluntary,
+    nor on 5.10 (no PREEMPTION, and its mmu-notifier zap cannot yield)."""
+    r = lab_run(contend_scenario(kernel))
+    k = _workload(r)
+    assert r.summary["lost_events"] == 0 and r.importer["unparsed"] == 0
+    span = _contended_span(r)
+    assert _zaps(span["zaps_by_level"], 1, "leaf") == CONTEND_MIB * 256
+    # The second task really zapped during the contended zap, and its own zaps are of its one page.
+    assert k["contend_rounds"] >= 1
+    others = _contender_spans(r)
+    assert len(others) >= k["contend_rounds"]
+    assert sum(_zaps(s["zaps_by_level"], 1, "leaf") for s in others) <= k["contend_rounds"] + 3
+    if kernel in CONTENTION_YIELDS:
+        assert span["yields"] >= 1, span
+    else:
+        assert span["yields"] == 0, span
+    assert r.kernel["preemption"] == {"5.10": "voluntary", "6.1": "voluntary+dynamic",
+                                      "6.12": "voluntary+dynamic", "6.17": "lazy+dynamic",
+                                      "7.3": "lazy+dynamic"}[kernel]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -194,5 +251,47 @@ def test_probes_come_from_the_kernels_symbols(lab_run, kernel: str) -> None:
         assert "tdp_mmu_zap_leafs" not in text
     else:
         assert " __tdp_mmu_zap_root " in text and " __cond_resched_rwlock_read " in text
-        # tdp_mmu_zap_root is inlined on Debian's 6.1 and a real symbol on 6.12.
-        assert (" tdp_mmu_zap_root " in text) == (kernel == "6.12")
+        # tdp_mmu_zap_root is inlined on Debian's 6.1 and a real symbol from 6.12.
+        assert (" tdp_mmu_zap_root " in text) == (kernel in FOUR_PASS)
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "kernel.md"
+_KPROBE_REG = {"rdi": "di", "rsi": "si", "rdx": "dx", "rcx": "cx", "r8": "r8", "r9": "r9"}
+
+
+def _documented_registers() -> dict[str, dict[str, dict[str, str]]]:
+    """docs/kernel.md "Registers the lab's probes read, by build": kernel -> function -> argument -> register,
+    as kprobe_events names it (%esi, %sil and %rsi are all %si there)."""
+    text = DOCS.read_text()
+    table = text[text.index("## Registers the lab's probes read, by build"):]
+    table = table[:table.index("\n## ", 5)]
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for kernel, functions, args in re.findall(r"^\| ([\d.]+) \| (`[^|]+`) \| ([^|]+) \|$", table, re.M):
+        regs = {}
+        for name, reg in re.findall(r"(\w+)=%(\w+)", args):
+            full = {"esi": "rsi", "sil": "rsi", "edx": "rdx", "dl": "rdx", "ecx": "rcx", "cl": "rcx",
+                    "r8d": "r8", "r8b": "r8", "r9d": "r9", "r9b": "r9"}.get(reg, reg)
+            regs[name] = _KPROBE_REG[full]
+        for function in re.findall(r"`(\w+)`", functions):
+            out.setdefault(kernel, {})[function] = regs
+    return out
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_probes_fetch_the_registers_the_disassembly_shows(kernel: str) -> None:
+    """`lab probes --kernel K` against docs/kernel.md: every function the page lists for K is probed with exactly
+    its documented arguments in their registers (no more: a register the build does not pass reads garbage)."""
+    from tdptrace.lab import kernels
+    from tdptrace.lab.run import resolve_probes
+
+    documented = _documented_registers()[kernel]
+    res = resolve_probes(kernels.fetch(kernel))
+    entries = {line.split()[1]: line for line in res.lines if line.startswith("p:")}
+    for function, regs in documented.items():
+        line = entries.get(function)
+        assert line is not None, f"{kernel}: {function} is not probed"
+        fetched = dict(re.findall(r" (\w+)=%(\w+):", line))
+        assert fetched == regs, (kernel, function, line)
+    # What the page does not list for K is probed without arguments, or not at all.
+    for function, line in entries.items():
+        assert function in documented or "=%" not in line, (kernel, line)
