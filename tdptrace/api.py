@@ -17,9 +17,9 @@ from typing import Any, Callable, Optional
 
 import pandas as pd
 
-from tdptrace.capture.frames import Frames, columns_doc
-from tdptrace.capture.schema import TABLES
-from tdptrace.capture.store import table_frame
+from tdptrace.capture.frames import Frames
+from tdptrace.capture.schema import TABLES, TITLES
+from tdptrace.capture.store import columns_doc, table_frame
 from tdptrace.errors import BadInput, MissingCapability
 from tdptrace.live.recording import LiveRun, LiveStatus, RecordOptions, RunResult
 
@@ -88,9 +88,9 @@ def require_recordable(plan: RecordingPlan) -> None:
                 raise MissingCapability(f"--backend bcc: {row.detail}", f"{row.fix}; or use --backend ftrace")
 
 
-def _table_property(table: str, what: str) -> Any:
+def _table_property(table: str) -> Any:
     """A Batch attribute giving table `table` as a DataFrame; its docstring lists the columns from the schema."""
-    return property(lambda self: self.frame(table), doc=f"{what}; {columns_doc(table)}.")
+    return property(lambda self: self.frame(table), doc=f"{TITLES[table]} in this batch; {columns_doc(table)}.")
 
 
 @dataclass
@@ -122,14 +122,14 @@ class Batch:
         """Rows of `table` in this batch (without converting it)."""
         return sum(c.num_rows for c in self.chunks.get(table) or [])
 
-    sptes = _table_property("sptes", "SPTE changes (recorded with sptes=True)")
-    spans = _table_property("spans", "Zap spans, one row per call of a zap function")
-    yields = _table_property("yields", "Yield points (cond_resched) called while zapping")
-    page_tables = _table_property("page_tables", "Page-table allocations, lookups and frees")
-    markers = _table_property("markers", "Fast zaps, huge-page splits and other events in time order")
-    waits = _table_property("waits", "mmu_lock contention and vCPU fault waits (recorded with waiters=True)")
-    stacks = _table_property("stacks", "Kernel stacks of long spans (recorded with stacks=True), a row per frame")
-    lost = _table_property("lost", "Where the trace said events were lost (the counts: lost_events)")
+    sptes = _table_property("sptes")
+    spans = _table_property("spans")
+    yields = _table_property("yields")
+    page_tables = _table_property("page_tables")
+    markers = _table_property("markers")
+    waits = _table_property("waits")
+    stacks = _table_property("stacks")
+    lost = _table_property("lost")
 
 
 class Stream:
@@ -192,11 +192,12 @@ class Stream:
         if self._done:
             return
         recorder = live.recorder
+        self._last_emit = time.monotonic()
         for status in live:
             if self.on_status is not None:
                 self.on_status(status)
             now = time.monotonic()
-            if self._chunks and now - self._last_emit >= self._batch_seconds:
+            if now - self._last_emit >= self._batch_seconds:  # empty too: a steady beat, lost counts on time
                 self._last_emit = now
                 yield self._batch(recorder.lost_per_cpu(), final=False)
         live.finish()
@@ -280,7 +281,8 @@ def stream(*, pids: Sequence[int] = (), duration: Optional[float] = None, backen
     change), stacks (kernel stacks of spans whose max gap reaches stack_threshold_ns), waiters (mmu_lock
     contention and vCPU fault latency; ftrace backend). With `output` the capture is written there as `record`
     writes it (force replaces an earlier capture); without, it goes to a private temporary directory removed on
-    exit. A batch comes at most every batch_seconds; keep=False keeps no frames in `Stream.frames`.
+    exit. A batch comes every batch_seconds (empty when nothing was written meanwhile); keep=False keeps no
+    frames in `Stream.frames`.
     on_note(kind, line) receives each one-line note as it comes: kind "host" (e.g. a shadow MMU: no TDP MMU
     zaps here) or "backend" (BCC could not compile: the ftrace backend records instead); every note is also in
     Stream.notes. on_status receives the live figures after every poll.

@@ -5,14 +5,13 @@ pandas exactly as the reader converts a capture on disk, so every metric that ta
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 
-from tdptrace.capture.schema import TABLES
-from tdptrace.capture.store import Capture, CaptureMeta, table_frame
+from tdptrace.capture.schema import TABLES, TITLES, unit
+from tdptrace.capture.store import Capture, CaptureMeta, columns_doc, dtype_name, table_frame
 
 
 class Frames(Capture):
@@ -51,22 +50,16 @@ class Frames(Capture):
         return self._frames[key]
 
     # The reader caches these once per opened capture; here they change with every chunk.
-    sptes = property(lambda self: self.table("sptes"))
-    spans = property(lambda self: self.table("spans"))
-    yields = property(lambda self: self.table("yields"))
-    page_tables = property(lambda self: self.table("page_tables"))
-    markers = property(lambda self: self.table("markers"))
-    lost = property(lambda self: self.table("lost"))
+    sptes = property(lambda self: self.table("sptes"), doc=f"{TITLES['sptes']}; {columns_doc('sptes')}.")
+    spans = property(lambda self: self.table("spans"), doc=f"{TITLES['spans']}; {columns_doc('spans')}.")
+    yields = property(lambda self: self.table("yields"), doc=f"{TITLES['yields']}; {columns_doc('yields')}.")
+    page_tables = property(lambda self: self.table("page_tables"),
+                           doc=f"{TITLES['page_tables']}; {columns_doc('page_tables')}.")
+    markers = property(lambda self: self.table("markers"), doc=f"{TITLES['markers']}; {columns_doc('markers')}.")
+    lost = property(lambda self: self.table("lost"), doc=f"{TITLES['lost']}; {columns_doc('lost')}.")
+    stacks = property(lambda self: self.table("stacks"), doc=f"{TITLES['stacks']}; {columns_doc('stacks')}.")
+    waits = property(lambda self: self.table("waits"), doc=f"{TITLES['waits']}; {columns_doc('waits')}.")
 
-
-# Units of columns, by name (times by their suffix: ts and *_ts are instants on the capture clock, *_ns are
-# durations; every other column is a plain value: an id, a name, a flag or a hash).
-_UNITS = {
-    "gfn": "guest frame number (4 KiB pages)", "gfn_start": "guest frame number (4 KiB pages)",
-    "gfn_end": "guest frame number (4 KiB pages)", "level": "1 = 4K, 2 = 2M, 3 = 1G, 4 = 512G, 5",
-    "zap_level": "level", "yields": "count", "lock_drops": "count", "retained_after": "page tables",
-    "root_count": "count", "retries": "count", "count": "events", "old_spte": "SPTE bits", "new_spte": "SPTE bits",
-}
 # The capture-format sections that say what each table's rows and columns mean.
 _ANCHORS = {
     "sptes": "sptes-one-row-per-spte-change", "spans": "spans-one-row-per-call-of-a-zap-function-zap-span",
@@ -76,32 +69,14 @@ _ANCHORS = {
 }
 
 
-def _unit(column: str) -> str:
-    if column == "ts" or column.endswith("_ts"):
-        return "ns, capture clock"
-    if column.endswith("_ns"):
-        return "ns"
-    if re.fullmatch(r"(non)?leaf_l\d", column):
-        return "zaps"
-    return _UNITS.get(column, "")
-
-
-def columns_doc(table: str) -> str:
-    """One line naming every column of `table` with its pandas dtype and unit (for docstrings)."""
-    df = table_frame(table)
-    parts = [f"{c} ({df[c].dtype}{', ' + _unit(c) if _unit(c) else ''})" for c in df.columns]
-    return f"columns: {', '.join(parts)}"
-
-
 def frames_markdown() -> str:
     """The frame reference of docs/api.md: per table, every column with its pandas dtype, whether it can be
     missing (<NA>) and its unit, in schema order; generated from the schema so the page cannot drift."""
     out = []
     for table, schema in TABLES.items():
-        df = table_frame(table)
         out += [f"### {table}", "", f"Meaning of rows and columns: [capture format](capture-format.md#{_ANCHORS[table]}).",
                 "", "| column | dtype | missing values | unit |", "|---|---|---|---|"]
         for f in schema:
-            out.append(f"| {f.name} | {df[f.name].dtype} | {'yes' if f.nullable else 'no'} | {_unit(f.name)} |")
+            out.append(f"| {f.name} | {dtype_name(f)} | {'yes' if f.nullable else 'no'} | {unit(f.name)} |")
         out.append("")
     return "\n".join(out)

@@ -11,6 +11,8 @@ Kernel pointers (struct kvm, roots, locks) are never stored raw: they are keyed 
 """
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 
 FORMAT_NAME = "tdptrace-capture"
@@ -144,3 +146,35 @@ TABLES: dict[str, pa.Schema] = {
     "stacks": STACKS,
     "waits": WAITS,
 }
+
+# What one row of each table is, in a line (the docstrings of Capture, Frames and Batch attributes say it).
+TITLES: dict[str, str] = {
+    "sptes": "SPTE changes, one row each (live: recorded with sptes=True)",
+    "spans": "Zap spans, one row per call of a zap function",
+    "yields": "Yield points (cond_resched) called while zapping, one row per call",
+    "page_tables": "Page-table allocations, lookups and frees",
+    "markers": "Fast zaps, huge-page splits and other events, in time order",
+    "lost": "Where the trace said events were lost",
+    "stacks": "Kernel stacks of long spans (stacks=True), one row per frame",
+    "waits": "mmu_lock contention and vCPU fault waits (waiters=True), one row per wait",
+}
+
+# Units of columns by name; times by their suffix (ts and *_ts are instants on the capture clock, *_ns are
+# durations). Every other column is a plain value: an id, a name, a flag or a hash.
+_GFN = "guest frame number (4 KiB pages)"
+_UNITS: dict[str, str] = {
+    "gfn": _GFN, "gfn_start": _GFN, "gfn_end": _GFN, "level": "1 = 4K, 2 = 2M, 3 = 1G, 4 = 512G, 5",
+    "zap_level": "level", "yields": "count", "lock_drops": "count", "retained_after": "page tables",
+    "root_count": "count", "retries": "count", "count": "events", "old_spte": "SPTE bits", "new_spte": "SPTE bits",
+}
+
+
+def unit(column: str) -> str:
+    """The unit of a column ('' for plain values)."""
+    if column == "ts" or column.endswith("_ts"):
+        return "ns, capture clock"
+    if column.endswith("_ns"):
+        return "ns"
+    if re.fullmatch(r"(non)?leaf_l\d", column):
+        return "zaps"
+    return _UNITS.get(column, "")

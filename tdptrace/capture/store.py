@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from tdptrace import __version__
 from tdptrace.capture.hashing import PointerHasher, scrub_table
-from tdptrace.capture.schema import FORMAT_NAME, FORMAT_VERSION, META_FILE, TABLES
+from tdptrace.capture.schema import FORMAT_NAME, FORMAT_VERSION, META_FILE, TABLES, TITLES, unit
 from tdptrace.errors import BadCapture, BadInput, OutputFull
 from tdptrace.kernel.spte import Encoding
 from tdptrace.safefs import DIR_MODE, Dir, UnsafePath, open_parent, untrusted_reason
@@ -421,7 +421,7 @@ class Capture:
 
     def table(self, name: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
         """The table as a DataFrame (empty with the right columns when absent): the columns and pandas dtypes
-        of docs/api.md "Frames" (tdptrace.capture.frames.columns_doc(name) lists them)."""
+        of docs/api.md "Frame columns" (columns_doc(name) lists them)."""
         if name not in TABLES:
             raise KeyError(name)
         cols = list(columns) if columns is not None else None
@@ -460,30 +460,14 @@ class Capture:
         bad = ~np.isin(refs, ids)
         return f"yield point in span {int(refs[bad][0])}, which does not exist" if bad.any() else None
 
-    @cached_property
-    def sptes(self) -> pd.DataFrame:
-        return self.table("sptes")
-
-    @cached_property
-    def spans(self) -> pd.DataFrame:
-        return self.table("spans")
-
-    @cached_property
-    def yields(self) -> pd.DataFrame:
-        return self.table("yields")
-
-    @cached_property
-    def page_tables(self) -> pd.DataFrame:
-        return self.table("page_tables")
-
-    @cached_property
-    def markers(self) -> pd.DataFrame:
-        return self.table("markers")
-
-    @cached_property
-    def lost(self) -> pd.DataFrame:
-        return self.table("lost")
-
+    sptes = cached_property(lambda self: self.table("sptes"))
+    spans = cached_property(lambda self: self.table("spans"))
+    yields = cached_property(lambda self: self.table("yields"))
+    page_tables = cached_property(lambda self: self.table("page_tables"))
+    markers = cached_property(lambda self: self.table("markers"))
+    lost = cached_property(lambda self: self.table("lost"))
+    stacks = cached_property(lambda self: self.table("stacks"))
+    waits = cached_property(lambda self: self.table("waits"))
 
 
 def _read_chunk(f: Path, want: pa.Schema) -> pa.Table:
@@ -563,6 +547,21 @@ def _value_problem(name: str, df: pd.DataFrame) -> str | None:
     return None
 
 
+def dtype_name(f: pa.Field) -> str:
+    """The pandas dtype a reader gives column `f` (the conversion of _to_frame), by name."""
+    if pa.types.is_string(f.type):
+        return "string"
+    if f.nullable and f.type in _NULLABLE:
+        return str(_NULLABLE[f.type])
+    return str(np.dtype(f.type.to_pandas_dtype()))
+
+
+def columns_doc(table: str) -> str:
+    """One line naming every column of `table` with its pandas dtype and unit (for docstrings)."""
+    return "columns: " + ", ".join(f"{f.name} ({dtype_name(f)}{', ' + unit(f.name) if unit(f.name) else ''})"
+                                   for f in TABLES[table])
+
+
 def table_frame(name: str, tbl: pa.Table | None = None) -> pd.DataFrame:
     """Table `name` of a capture as the reader gives it (the dtypes of docs/api.md): from an Arrow table with the
     schema's columns, or empty."""
@@ -592,3 +591,7 @@ def _to_frame(tbl: pa.Table, schema: pa.Schema) -> pd.DataFrame:
         if not f.nullable and f.type in _NULLABLE:
             df[name] = df[name].to_numpy(dtype=f.type.to_pandas_dtype())
     return df
+
+
+for _table in TABLES:  # each table attribute's docstring: what a row is and every column (schema-derived)
+    getattr(Capture, _table).__doc__ = f"{TITLES[_table]}; {columns_doc(_table)}."
