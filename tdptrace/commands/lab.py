@@ -164,10 +164,13 @@ def probes_cmd(
     if as_json:
         typer.echo(json.dumps({"kernel": kernel, "release": k.release, "kprobe_events": res.lines,
                                "attached": res.attached, "tracepoints": res.tracepoints,
-                               "not_attached": res.skipped}, indent=1))
+                               "not_attached": res.skipped, "arguments": res.arguments}, indent=1))
         return
     typer.echo("\n".join(res.lines))
     typer.echo("# tracepoints: " + " ".join(f"kvmmmu/{t}" for t in res.tracepoints))
+    for name, a in res.arguments.items():
+        if a.get("symbol"):
+            typer.echo(f"# arguments of {name}: {a['source']}" + (f" ({a['reason']})" if a.get("reason") else ""))
     for name, why in res.skipped.items():
         typer.echo(f"# not attached: {name}: {why}")
 

@@ -46,6 +46,7 @@ class LabRun:
     timings: dict[str, float] = field(default_factory=dict)
     importer: dict[str, Any] = field(default_factory=dict)  # what the importer made of the dump
     kernel: dict[str, Any] = field(default_factory=dict)  # spec, suite, packaging, preemption model of the build
+    probe_arguments: dict[str, Any] = field(default_factory=dict)  # per function: where its arguments came from
 
     def trace_bytes(self) -> bytes:
         """The raw tracefs text of the run (trace is kept gzip'd)."""
@@ -207,7 +208,8 @@ def run(scenario: Scenario, out: Path | None = None) -> LabRun:
                  "import_summary_s": round(t_end - t_boot, 2), "total_s": round(t_end - t0, 2)},
         importer=tracefs.importer,
         kernel={"name": kernel.name, "spec": kernel.spec, "suite": kernel.suite, "package_version": kernel.version,
-                "packaging": kernel.packaging, "preemption": kernel.preemption})
+                "packaging": kernel.packaging, "preemption": kernel.preemption},
+        probe_arguments=res.arguments)
     (out / "run.json").write_text(json.dumps({k: v for k, v in asdict(result).items() if k != "summary"},
                                              indent=1))
     return result
