@@ -15,6 +15,7 @@ from tdptrace.errors import BadInput, OutputFull
 from tdptrace.importers import tracefs
 from tdptrace.importers.decode import RawChunk, decode
 from tdptrace.importers.reader import (
+    BLOCK_BYTES,
     PERF_DATA_MAGIC,
     TRACE_DAT_MAGIC,
     Block,
@@ -37,6 +38,8 @@ class ImportResult:
     events: int = 0
     unparsed: int = 0
     unparsed_example: str = ""
+    long_lines: int = 0
+    long_line_bytes: int = 0
     truncated_tail: str = ""
     lost: int = 0
     spans: int = 0
@@ -204,6 +207,9 @@ def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str 
         seq = 0
         native = kind == "tracefs" and fastscan.available()
         for block, parsed in _parsed_blocks(path, parser, native):
+            if block.long_lines:
+                result.long_lines += block.long_lines
+                result.long_line_bytes = result.long_line_bytes or block.long_line_bytes
             if block.data:
                 chunk = parsed.chunk
                 n = parsed.events
@@ -221,19 +227,33 @@ def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str 
                     progress(len(block.data))
             if block.last and block.truncated_tail.strip():
                 result.truncated_tail = block.truncated_tail.decode("utf-8", errors="replace")[:80]
+        if result.long_lines:  # skipped, never held: counted as lines that could not be read
+            result.lines += result.long_lines
+            result.unparsed += result.long_lines
+            result.unparsed_example = result.unparsed_example or f"<a line of {result.long_line_bytes:,} bytes>"
+            writer.meta.notes.append(f"{result.long_lines} lines longer than {BLOCK_BYTES >> 20} MiB were skipped "
+                                     "(no trace line is that long)")
         if result.events == 0:
             writer.meta.notes.append("no events")
-            example = f" (first line: '{result.unparsed_example[:60]}')" if result.unparsed_example else ""
+            first = writer.hasher.scrub_str(result.unparsed_example)[:60]
+            example = f" (first line: '{first}')" if result.unparsed_example else ""
             raise BadInput(f"{path}: no trace events found{example}",
                            "is this tracefs, trace-cmd report or perf script text?")
         stats = asm.finish()
         result.spans = stats["spans"]
         result.lost = stats["lost"]
-        result.unknown = dict(asm.unknown)
+        # What is printed from the trace's own text carries no raw kernel address either: hashed like in meta.json.
+        scrub = writer.hasher.scrub_str
+        unknown: dict[str, int] = {}
+        for name, count in asm.unknown.items():
+            unknown[scrub(name)] = unknown.get(scrub(name), 0) + count
+        result.unknown = unknown
         if result.unparsed:
             writer.meta.notes.append(f"{result.unparsed} lines could not be read, e.g. '{result.unparsed_example[:80]}'")
         if result.truncated_tail:
             writer.meta.notes.append(f"the input's last line is truncated and was not imported: "
                                      f"'{result.truncated_tail}'")
-        result.notes = list(writer.meta.notes)
+        result.notes = [scrub(n) for n in writer.meta.notes]
+        result.unparsed_example = scrub(result.unparsed_example)
+        result.truncated_tail = scrub(result.truncated_tail)
     return result

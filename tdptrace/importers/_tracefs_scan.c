@@ -104,6 +104,9 @@ typedef struct {
 /* The tracefs._fields_fast reading of one printable-ASCII line, or 0 to leave it to the pure path. */
 static int parse_line(const char *p, const char *q, Line *L) {
     const char *i = NULL, *j = NULL, *s;
+    for (s = p; s < q && *s == ' '; s++)
+        ;
+    if (s < q && *s == '#') return 0; /* a comment: the pure parser counts it (and reads the header's figures) */
     for (s = p; s + 1 < q; s++)
         if (s[0] == ':' && s[1] == ' ') { i = s; break; }
     if (!i) return 0;

@@ -66,9 +66,20 @@ def hex_strings(values: np.ndarray) -> pa.Array:
     return pc.if_else(pc.equal(trimmed, ""), "0", trimmed)
 
 
+# Limits far above any real kallsyms (KSYM_NAME_LEN is 512 since Linux 6.1, 128 before; /proc/kallsyms of a
+# distribution kernel with its modules is 10-20 MB), so a damaged or hostile file is refused before it costs.
+MAX_NAME = 1024
+MAX_BYTES = 256 << 20
+
+
 def parse_kallsyms(text: str, source: str = "kallsyms") -> Kallsyms:
     """Parse /proc/kallsyms text (other lines, e.g. trace-cmd's section headers, are skipped)."""
     lines = pa.array(text.splitlines(), type=pa.string())
+    long = pc.greater(pc.binary_length(lines), MAX_NAME + 64)
+    if pc.any(long).as_py():
+        row = int(np.flatnonzero(long.to_numpy(zero_copy_only=False))[0])
+        raise BadInput(f"{source}: line {row + 1} is {len(lines[row].as_py()):,} characters long (kernel symbol "
+                       f"names are at most 512)", "give a copy of /proc/kallsyms from the traced host")
     m = pc.extract_regex(lines, _LINE_RE)
     m = m.filter(m.is_valid())
     if len(m) == 0:
@@ -97,12 +108,15 @@ def parse_kallsyms(text: str, source: str = "kallsyms") -> Kallsyms:
 
 def load_kallsyms(path: str | Path) -> Kallsyms:
     """Read a kallsyms file (plain or compressed)."""
-    from tdptrace.importers.reader import open_binary
+    from tdptrace.importers.reader import DECOMPRESS_ERRORS, open_binary
 
     p = Path(path)
     with open_binary(p) as f:
         try:
-            data = f.read()
-        except (OSError, EOFError) as exc:
+            data = f.read(MAX_BYTES + 1)
+        except DECOMPRESS_ERRORS as exc:
             raise BadInput(f"{p}: cannot read ({exc})", "give a copy of /proc/kallsyms from the traced host")
+    if len(data) > MAX_BYTES:
+        raise BadInput(f"{p} is larger than {MAX_BYTES >> 20} MiB, not a kallsyms file",
+                       "give a copy of /proc/kallsyms from the traced host")
     return parse_kallsyms(data.decode("utf-8", errors="replace"), str(p))

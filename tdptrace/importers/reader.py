@@ -5,13 +5,14 @@ import bz2
 import gzip
 import io
 import lzma
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from tdptrace.errors import BadInput
 
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 16 << 20
 
 MAGIC = {
     b"\xfd7zXZ\x00": "xz",
@@ -19,6 +20,8 @@ MAGIC = {
     b"\x28\xb5\x2f\xfd": "zst",
     b"BZh": "bz2",
 }
+# What a damaged or truncated .xz/.gz/.bz2/.zst raises while reading (zlib.error is not an OSError).
+DECOMPRESS_ERRORS = (lzma.LZMAError, zlib.error, OSError, EOFError)
 TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
 PERF_DATA_MAGIC = (b"PERFILE2", b"2ELIFREP")
 
@@ -110,7 +113,7 @@ def sniff(path: Path, size: int = 65536) -> bytes:
     with open_binary(path) as f:
         try:
             return f.read(size)
-        except (lzma.LZMAError, OSError, EOFError) as exc:
+        except DECOMPRESS_ERRORS as exc:
             raise BadInput(f"{path}: cannot decompress ({exc})", "the file is damaged or truncated")
 
 
@@ -121,24 +124,47 @@ class Block:
     data: bytes
     last: bool
     truncated_tail: bytes  # bytes after the last newline of the file (a truncated last line), only on the last block
+    long_lines: int = 0  # lines longer than one block, skipped (read through, never held) since the previous block
+    long_line_bytes: int = 0  # length of the first such line
 
 
 def blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
-    """Yield blocks of whole lines, each about block_bytes long, so memory stays bounded on any file size."""
+    """Yield blocks of whole lines, each about block_bytes long, so memory stays bounded on any file size.
+    A line longer than block_bytes (no trace line is: the kernel prints a few KiB at most) is read through
+    without being kept, and counted on the next block."""
     with open_binary(path) as f:
         carry = b""
-        while True:
+        skipping = 0  # bytes of the over-long line being read through (0: none)
+        long_lines = long_bytes = 0
+
+        def read() -> bytes:
             try:
-                chunk = f.read(block_bytes)
-            except (lzma.LZMAError, OSError, EOFError) as exc:
+                return f.read(block_bytes)
+            except DECOMPRESS_ERRORS as exc:
                 raise BadInput(f"{path}: cannot decompress ({exc})", "the file is damaged or truncated")
+
+        while True:
+            chunk = read()
             if not chunk:
-                yield Block(b"", True, carry)
+                if skipping:  # the file ends inside an over-long line
+                    long_lines, long_bytes = long_lines + 1, long_bytes or skipping
+                yield Block(b"", True, carry, long_lines, long_bytes)
                 return
+            if skipping:
+                nl = chunk.find(b"\n")
+                if nl < 0:
+                    skipping += len(chunk)
+                    continue
+                long_lines, long_bytes = long_lines + 1, long_bytes or skipping + nl
+                skipping, chunk = 0, chunk[nl + 1:]
+                if not chunk:
+                    continue
             data = carry + chunk
             cut = data.rfind(b"\n")
+            carry = data if cut < 0 else data[cut + 1:]
+            if len(carry) > block_bytes:
+                skipping, carry = len(carry), b""
             if cut < 0:
-                carry = data
                 continue
-            carry = data[cut + 1:]
-            yield Block(data[: cut + 1], False, b"")
+            yield Block(data[: cut + 1], False, b"", long_lines, long_bytes)
+            long_lines = long_bytes = 0

@@ -64,11 +64,20 @@ def auto_to_u64(arr: pa.Array | pa.ChunkedArray, what: str = "value") -> np.ndar
     if is_hex.any():
         out[is_hex] = hex_to_u64(arr.filter(pa.array(is_hex)), what)
     if (~is_hex).any():
+        # Decimal: negative values as two's complement, and values from 2^63 up (a pointer printed by a
+        # '%si:u64' kprobe fetch, e.g. root=18446612685283207810) as the 64-bit value they are.
         dec = arr.filter(pa.array(~is_hex))
+        neg = pc.starts_with(dec, "-").to_numpy(zero_copy_only=False)
+        vals = np.zeros(len(dec), dtype=np.uint64)
         try:
-            out[~is_hex] = pc.cast(dec, pa.int64()).to_numpy(zero_copy_only=False).astype(np.uint64)
+            if (~neg).any():
+                vals[~neg] = pc.cast(dec.filter(pa.array(~neg)), pa.uint64()).to_numpy(zero_copy_only=False)
+            if neg.any():
+                vals[neg] = pc.cast(dec.filter(pa.array(neg)), pa.int64()).to_numpy(zero_copy_only=False).view(
+                    np.uint64)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise BadInput(f"a {what} is neither hex nor decimal", "the trace line is damaged")
+            raise BadInput(f"a {what} is neither hex nor a 64-bit decimal number", "the trace line is damaged")
+        out[~is_hex] = vals
     return out
 
 

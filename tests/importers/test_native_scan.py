@@ -63,6 +63,7 @@ MIXED = """\
 #
 # entries-in-buffer/entries-written: 30/33   #P:2
 #
+#        kvmtouch-134     [000] ...1.     3.541397: kvm_mmu_get_page: a comment that reads like an event line
         kvmtouch-134     [000] ...1.     3.541398: kvm_mmu_get_page: sp gen 0 gfn 0 l4 8-byte q0 direct wux nxe ad root 0 sync new
         kvmtouch-134     [000] ...1.     3.544214: kvm_tdp_mmu_spte_changed: as id 0 gfn 0 level 4 old_spte 0 new_spte 12c88827
         kvmtouch-134     [000] ...1.     3.544214: kvmmmu:kvm_tdp_mmu_spte_changed: as id 0 gfn 1 level 1 old_spte 0 new_spte 2be3e67

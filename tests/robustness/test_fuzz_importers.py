@@ -4,7 +4,11 @@ the command line), never any other exception.
 Three layers, cheapest first: each format's line parser plus the shared decoder on thousands of mutated
 blocks; whole `import_file` runs (files, compression, capture writing) on fewer; the CLI itself on a handful,
 checking one line on stderr and no traceback. Seeds are small real samples of each format (tests/data and
-tracegen). derandomize=True keeps CI repeatable: the same cases every run.
+tracegen). derandomize=True keeps CI repeatable: the same cases every run. The native tracefs scanner is run
+beside the pure parser on every tracefs block: both give the same events or both refuse the block.
+
+Whole-import cases (the file written plain or compressed, the compressed stream sometimes damaged) number
+TDPTRACE_FUZZ_CASES (150 by default in the suite; a release check runs 5,000 or more).
 """
 from __future__ import annotations
 
@@ -17,12 +21,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tracegen import Trace, leaf2m, leaf4k, nonleaf
 
 from tdptrace.errors import TdpError
-from tdptrace.importers import formats, import_file, tracefs
+from tdptrace.importers import fastscan, formats, import_file, tracefs
 from tdptrace.importers.decode import decode
 from tdptrace.metrics.summary import summarize
 
@@ -108,9 +113,31 @@ def _parser(fmt: str):
 
 
 def _parse_block(fmt: str, data: bytes) -> None:
-    parsed = _parser(fmt)(tracefs.split_lines(data if data.endswith(b"\n") else data + b"\n"), 0)
-    if parsed.events.num_rows:
-        decode(parsed.events)
+    data = data if data.endswith(b"\n") else data + b"\n"
+    try:
+        parsed = _parser(fmt)(tracefs.split_lines(data), 0)
+        chunk = decode(parsed.events) if parsed.events.num_rows else None
+    except TdpError:
+        if fmt == "tracefs" and fastscan.available():  # the native path refuses the same block
+            try:
+                fastscan.scan_block(data)
+            except TdpError:
+                raise
+            raise AssertionError("the native scanner read a block the pure parser refuses")
+        raise
+    if fmt == "tracefs" and fastscan.available():
+        native = fastscan.scan_block(data)  # raises nothing the pure path did not
+        assert native.events == parsed.events.num_rows
+        assert native.unparsed == parsed.unparsed and native.lost == parsed.lost
+        if chunk is not None:
+            got = native.chunk
+            sp = got.sptes if isinstance(got.sptes, pd.DataFrame) else got.sptes.to_pandas()
+            assert sp[["seq", "ts", "gfn", "level", "old_spte", "new_spte"]].reset_index(drop=True).equals(
+                chunk.sptes[["seq", "ts", "gfn", "level", "old_spte", "new_spte"]].reset_index(drop=True).astype(
+                    sp[["seq", "ts", "gfn", "level", "old_spte", "new_spte"]].dtypes))
+            n_markers = len(got.markers) + (got.marker_table.num_rows if got.marker_table is not None else 0)
+            assert n_markers == len(chunk.markers) and len(got.calls) == len(chunk.calls)
+            assert got.counts == chunk.counts and got.unknown == chunk.unknown
 
 
 @settings(max_examples=1500, deadline=None, derandomize=True, database=None)
@@ -132,7 +159,20 @@ def test_line_parsers_and_decoder_on_made_up_lines(fmt, blob):
         assert exc.line().strip() and "\n" not in exc.line()
 
 
-def _import(blob: bytes, fmt: str, compress: str, naming: str) -> None:
+def _damaged(packed: bytes, damage: int) -> bytes:
+    """The compressed stream with one byte changed or its end cut (damage 0: as it is)."""
+    if not damage or len(packed) < 12:
+        return packed
+    b = bytearray(packed)
+    at = 10 + damage % (len(b) - 10)
+    if damage % 3 == 0:
+        return bytes(b[:at])
+    b[at] ^= 1 + damage % 255
+    return bytes(b)
+
+
+def _import(blob: bytes, fmt: str, compress: str, naming: str, damage: int = 0) -> None:
+    COUNTER["cases"] += 1
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "trace.txt"
         packed = {"gz": gzip.compress, "xz": lzma.compress, "": bytes}
@@ -140,7 +180,7 @@ def _import(blob: bytes, fmt: str, compress: str, naming: str) -> None:
             import zstandard
 
             packed["zst"] = zstandard.ZstdCompressor().compress
-        src.write_bytes(packed[compress](blob))
+        src.write_bytes(_damaged(packed[compress](blob), damage if compress else 0))
         (Path(d) / "ks").write_text(KALLSYMS)
         (Path(d) / "ke").write_text(KPROBE_EVENTS)
         opts = {"kallsyms": Path(d) / "ks"} if naming == "kallsyms" else {"kprobe_events": Path(d) / "ke"}
@@ -148,6 +188,7 @@ def _import(blob: bytes, fmt: str, compress: str, naming: str) -> None:
         try:
             import_file(src, out, fmt=fmt, kernel_release="6.1.0" if len(blob) % 2 else None, **opts)
         except TdpError as exc:
+            COUNTER["clean_errors"] += 1
             assert exc.line().strip() and "\n" not in exc.line()
             assert not out.exists() or (out / "meta.json").exists()  # never a directory that is not a capture
             return
@@ -156,13 +197,24 @@ def _import(blob: bytes, fmt: str, compress: str, naming: str) -> None:
         summarize(tdptrace.open(out))  # what was imported can be analysed
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+CASES = int(os.environ.get("TDPTRACE_FUZZ_CASES", "150"))
+COUNTER = {"cases": 0, "clean_errors": 0}
+
+
+@settings(max_examples=CASES, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(fmt=st.sampled_from(FORMATS), auto=st.booleans(), compress=st.sampled_from(["", "gz", "xz", "zst"]),
-       naming=st.sampled_from(["kallsyms", "kprobe_events"]), data=st.data())
-def test_import_file_on_mutations(fmt, auto, compress, naming, data):
+       naming=st.sampled_from(["kallsyms", "kprobe_events"]), damage=st.one_of(st.just(0), st.integers(1, 10_000)),
+       data=st.data())
+def test_import_file_on_mutations(fmt, auto, compress, naming, damage, data):
     blob = data.draw(st.one_of(mutated(fmt), made_up(), st.binary(max_size=300)))
-    _import(blob, "auto" if auto else fmt, compress, naming)
+    _import(blob, "auto" if auto else fmt, compress, naming, damage)
+
+
+def test_import_fuzz_ran_its_budget():
+    """The whole-import fuzzer above ran its cases (the count a release check reports)."""
+    print(f"import fuzz: {COUNTER['cases']} cases, {COUNTER['clean_errors']} refused with one line")
+    assert COUNTER["cases"] >= CASES
 
 
 def test_cli_bad_inputs_are_one_line(tmp_path, capsys):
