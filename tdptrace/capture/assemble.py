@@ -3,6 +3,7 @@ retained-table figures are derived once at the end from the same definitions the
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -77,8 +78,10 @@ class Assembler:
         if chunk.waits is not None and len(chunk.waits):
             self.writer.append("waits", self.waits.add(chunk.waits))
 
-    def finish(self) -> dict[str, int]:
-        """Derive spans, yields and retained tables, write every remaining table, fill meta. Returns stats."""
+    def finish(self, step: Callable[[str], None] | None = None) -> dict[str, int]:
+        """Derive spans, yields and retained tables, write every remaining table, fill meta. Returns stats.
+        `step` is told the name of each finishing step as it starts (for progress)."""
+        step = step or (lambda name: None)
         meta = self.writer.meta
         enc = self.encoding or (Encoding.LEGACY if self.legacy_hint else Encoding.PRESENT_BIT)
         meta.spte_encoding = enc.value
@@ -93,7 +96,9 @@ class Assembler:
         zaps = ZapIndex(sptes["tid"].to_numpy()[zap], sptes["seq"].to_numpy()[zap],
                         sptes["level"].to_numpy()[zap], cls["old_leaf"].to_numpy()[zap])
         calls = pd.concat(self.calls, ignore_index=True) if self.calls else _empty_calls()
+        step("zap spans and yield points")
         spans, yields, entry_only = build_spans(calls, zaps)
+        step("retained page tables")
         series = retained_series(sptes, cls)
         stats = {"spans": len(spans), "yields": len(yields), "orphan_returns": spans.attrs.get("orphan_returns", 0)}
         if len(spans):
@@ -101,6 +106,7 @@ class Assembler:
             self.writer.append("spans", spans_out)
         if len(yields):
             self.writer.append("yields", self._yields_table(yields))
+        step("writing page tables and markers")
         if self.page_tables:
             pt = pd.concat(self.page_tables, ignore_index=True)
             if tdp_role_level_is_parent(meta.kernel.get("release")) and self.spte_rows:

@@ -35,12 +35,17 @@ def calibrate_cmd(
     refuse_existing([output], force)
     if not output.parent.exists():
         raise BadInput(f"directory {output.parent} does not exist", "create it first or choose another -o")
+    from tdptrace.progressbar import progress
+
     parts = []
-    for p in captures:
-        cap = tdptrace.open(p)
-        pt = cap.page_tables
-        parts.append((cap.spans, pt[pt["kind"] == "free"]))
-    model, stats = fit(parts, [str(p) for p in captures])
+    with progress("reading captures", quiet=as_json) as update:
+        for i, p in enumerate(captures):
+            update(f"reading {p.name}", i, len(captures))
+            cap = tdptrace.open(p)
+            pt = cap.page_tables
+            parts.append((cap.spans, pt[pt["kind"] == "free"]))
+        update("fitting the cost model", len(captures), len(captures))
+        model, stats = fit(parts, [str(p) for p in captures])
     model.save(output)
     if as_json:
         typer.echo(json.dumps(writer_json([output], captures=[str(p) for p in captures], spans=stats["spans"],

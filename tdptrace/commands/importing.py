@@ -40,30 +40,14 @@ def import_cmd(
 
     --kernel decides how SPTE values are decoded: give the release of the host that wrote the trace.
     """
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
     from tdptrace.importers import import_file
+    from tdptrace.progressbar import progress
 
-    err = Console(stderr=True)
-    size = file.stat().st_size if file.is_file() else 0
-    progress = Progress(TextColumn("importing"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
-                        console=err, transient=True, disable=quiet or not err.is_terminal)
-    with progress:
-        task = progress.add_task("import", total=None)
-
-        def advance(n: int) -> None:
-            progress.update(task, advance=n)
-
+    # Reading is measured against the file's own size (compressed, if it is): %, rate and time left; then each
+    # finishing step by name.
+    with progress("reading", quiet=quiet, in_bytes=True) as update:
         result = import_file(file, output, fmt=fmt, kernel_release=kernel, kallsyms=kallsyms,
-                             kprobe_events=kprobe_events, force=force, progress=advance)
-    del size
+                             kprobe_events=kprobe_events, force=force, progress=update)
     if as_json:
         typer.echo(json.dumps(writer_json([result.capture], capture=str(result.capture), format=result.format,
                                           events=result.events, spans=result.spans, lost=result.lost,

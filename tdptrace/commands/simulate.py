@@ -90,7 +90,10 @@ def simulate_cmd(
                    scenario=scenario, start=start, end=end, workload=workload, strategy=strategy,
                    costs=costs, contention=contention, tick_ns=tick, slice_ns=slice_, phase_ns=phase,
                    sptes=sptes, phys_bits=phys_bits)
-    path, res = simulate(spec, output, overwrite=force)
+    from tdptrace.progressbar import progress
+
+    with progress("simulating", quiet=as_json) as update:
+        path, res = simulate(spec, output, overwrite=force, progress=update)
     if as_json:
         typer.echo(json.dumps(writer_json([path], capture=str(path), phases=res.phases, notes=res.notes), indent=1))
         return

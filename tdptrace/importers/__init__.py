@@ -132,8 +132,11 @@ _RELEASE = re.compile(r"\d+\.\d+[0-9A-Za-z.+_~-]*")
 
 def import_file(path: str | Path, out: str | Path, *, fmt: str = "auto", kernel_release: str | None = None,
                 kallsyms: str | Path | None = None, kprobe_events: str | Path | None = None,
-                force: bool = False, progress: Callable[[int], None] | None = None) -> ImportResult:
+                force: bool = False, progress: Callable[[str, int, int], None] | None = None) -> ImportResult:
     """Import a trace file into a new capture directory `out`.
+
+    `progress(step, done, total)` hears how far the import is: step "reading" with bytes of the file read
+    (compressed, if it is) against its size, then each finishing step by name with done == total.
 
     A trace.dat / perf.data is first reported to text by its own tool. When the import fails, the capture it
     had started is removed, so the same command can simply be run again."""
@@ -184,7 +187,7 @@ def _discard_partial(out: Path) -> bool:
 
 def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str | None,
                  kallsyms: str | Path | None, kprobe_events: str | Path | None, force: bool,
-                 progress: Callable[[int], None] | None, input_name: str) -> ImportResult:
+                 progress: Callable[[str, int, int], None] | None, input_name: str) -> ImportResult:
     """Import trace text of a known format (see import_file)."""
     from tdptrace.capture.assemble import (
         Assembler,  # here, not at module level: assemble imports importers.decode
@@ -202,6 +205,10 @@ def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str 
         clock={"name": "trace (as printed)", "unit": "ns"},
     )
     result = ImportResult(capture=Path(out), format=kind)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
     with CaptureWriter(out, meta, overwrite=force) as writer:
         asm = Assembler(writer, enc)
         seq = 0
@@ -224,7 +231,7 @@ def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str 
                 seq += n
                 result.events += n
                 if progress:
-                    progress(len(block.data))
+                    progress("reading", min(block.consumed, size), size)
             if block.last and block.truncated_tail.strip():
                 result.truncated_tail = block.truncated_tail.decode("utf-8", errors="replace")[:80]
         if result.long_lines:  # skipped, never held: counted as lines that could not be read
@@ -239,7 +246,7 @@ def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str 
             example = f" (first line: '{first}')" if result.unparsed_example else ""
             raise BadInput(f"{path}: no trace events found{example}",
                            "is this tracefs, trace-cmd report or perf script text?")
-        stats = asm.finish()
+        stats = asm.finish(step=(lambda name: progress(name, size, size)) if progress else None)
         result.spans = stats["spans"]
         result.lost = stats["lost"]
         # What is printed from the trace's own text carries no raw kernel address either: hashed like in meta.json.
@@ -256,4 +263,6 @@ def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str 
         result.notes = [scrub(n) for n in writer.meta.notes]
         result.unparsed_example = scrub(result.unparsed_example)
         result.truncated_tail = scrub(result.truncated_tail)
+        if progress:
+            progress("writing meta.json", size, size)
     return result

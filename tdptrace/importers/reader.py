@@ -117,6 +117,24 @@ def sniff(path: Path, size: int = 65536) -> bytes:
             raise BadInput(f"{path}: cannot decompress ({exc})", "the file is damaged or truncated")
 
 
+def _raw_file(f) -> BinaryIO | None:  # noqa: ANN001 - any of the decompressing readers
+    """The file under a decompressing reader (gzip, lzma, bz2, the zstd frames), or the file itself."""
+    for attr in ("fileobj", "_fp", "_raw", "raw"):
+        inner = getattr(f, attr, None)
+        if inner is not None and hasattr(inner, "tell"):
+            return _raw_file(inner) if not isinstance(inner, io.FileIO) else inner
+    if isinstance(f, lzma.LZMAFile) or isinstance(f, gzip.GzipFile) or isinstance(f, bz2.BZ2File):
+        return None
+    return f
+
+
+def _tell(raw) -> int:  # noqa: ANN001
+    try:
+        return raw.tell() if raw is not None else 0
+    except (OSError, ValueError):
+        return 0
+
+
 @dataclass
 class Block:
     """A run of whole lines (bytes ending in a newline) and whether it is the file's last block."""
@@ -126,6 +144,7 @@ class Block:
     truncated_tail: bytes  # bytes after the last newline of the file (a truncated last line), only on the last block
     long_lines: int = 0  # lines longer than one block, skipped (read through, never held) since the previous block
     long_line_bytes: int = 0  # length of the first such line
+    consumed: int = 0  # bytes of the file itself (compressed, if it is) read so far: progress against its size
 
 
 def blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
@@ -133,6 +152,7 @@ def blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
     A line longer than block_bytes (no trace line is: the kernel prints a few KiB at most) is read through
     without being kept, and counted on the next block."""
     with open_binary(path) as f:
+        raw = _raw_file(f)
         carry = b""
         skipping = 0  # bytes of the over-long line being read through (0: none)
         long_lines = long_bytes = 0
@@ -148,7 +168,7 @@ def blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
             if not chunk:
                 if skipping:  # the file ends inside an over-long line
                     long_lines, long_bytes = long_lines + 1, long_bytes or skipping
-                yield Block(b"", True, carry, long_lines, long_bytes)
+                yield Block(b"", True, carry, long_lines, long_bytes, _tell(raw))
                 return
             if skipping:
                 nl = chunk.find(b"\n")
@@ -166,5 +186,5 @@ def blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
                 skipping, carry = len(carry), b""
             if cut < 0:
                 continue
-            yield Block(data[: cut + 1], False, b"", long_lines, long_bytes)
+            yield Block(data[: cut + 1], False, b"", long_lines, long_bytes, _tell(raw))
             long_lines = long_bytes = 0

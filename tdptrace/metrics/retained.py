@@ -6,13 +6,12 @@ import pandas as pd
 from tdptrace.capture import Capture
 from tdptrace.capture.pagetables import RetainedSeries, retained_series
 from tdptrace.kernel.spte import PAGE_SIZE
-from tdptrace.metrics.zaps import spte_classes
+from tdptrace.metrics.zaps import spte_classes, spte_core
 
 
 def series(cap: Capture) -> RetainedSeries:
     """Retained-table changes over the capture (needs SPTE changes)."""
-    s = cap.sptes
-    return retained_series(s, spte_classes(cap))
+    return retained_series(spte_core(cap), spte_classes(cap))
 
 
 def df_retained(cap: Capture) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from tdptrace.capture.schema import LEVELS
 from tdptrace.metrics.gaps import df_gaps, gap_quantiles
 from tdptrace.metrics.retained import retained_summary
 from tdptrace.metrics.waiters import waiters_summary
-from tdptrace.metrics.zaps import zaps_by_level
+from tdptrace.metrics.zaps import spte_core, zaps_by_level
 
 NO_SPANS = ("no zap spans in this capture: it holds no entry+return events of the TDP zap functions "
             "(kprobes/fentry unavailable or not attached), so yields and gaps cannot be measured")
@@ -102,7 +102,7 @@ def summarize(cap: Capture) -> dict[str, Any]:
     if len(pt) or caps.get("page_table_events"):
         pts["allocated"] = int((pt["kind"] == "alloc").sum())
         pts["freed"] = int((pt["kind"] == "free").sum())
-        if pts["freed"] == 0 and meta.spte_encoding == "legacy" and len(cap.sptes):
+        if pts["freed"] == 0 and meta.spte_encoding == "legacy" and len(spte_core(cap)):
             # Before 5.11 kvm_mmu_prepare_zap_page never fires for TDP MMU tables: 0 would be a false figure.
             pts["freed"] = None
             pts["freed_unavailable"] = "this kernel's TDP MMU does not trace page-table frees"
@@ -115,7 +115,7 @@ def summarize(cap: Capture) -> dict[str, Any]:
         pts["freed"] = None
         pts["unavailable"] = "no kvm_mmu_get_page / kvm_mmu_prepare_zap_page events in this capture"
     counters = (meta.events or {}).get("retained_at_end")
-    if len(cap.sptes):
+    if len(spte_core(cap)):
         pts["retained_nonleaf"] = retained_summary(cap)
     elif counters is not None:  # the live recorder's in-kernel counters (SPTE events not streamed)
         at_end = int(sum(counters.values()))
@@ -130,7 +130,7 @@ def summarize(cap: Capture) -> dict[str, Any]:
         pts["retained_nonleaf"] = None
         pts["retained_unavailable"] = "no SPTE change events in this capture"
     out["page_tables"] = pts
-    m = cap.markers
+    m = cap.table("markers", ["event", "function"])  # counts only: the details are not read
     out["markers"] = {str(k): int(v) for k, v in m["event"].value_counts().sort_index().items()} if len(m) else {}
     if len(m) and m["function"].notna().any():
         calls = m[m["function"].notna()]

@@ -10,12 +10,23 @@ from tdptrace.capture.schema import LEVELS, ZAP_COUNT_COLUMNS
 from tdptrace.kernel.spte import Encoding
 
 
+# The SPTE columns the zap and retained-table figures read: no task names, so a summary does not decode them.
+CORE = ("ts", "seq", "as_id", "gfn", "level", "old_spte", "new_spte")
+
+
+def spte_core(cap: Capture) -> pd.DataFrame:
+    """The capture's SPTE changes, only the columns the figures need (the whole table when already read)."""
+    if "sptes" in cap.__dict__ or "sptes" in cap._frames:
+        return cap.sptes
+    return cap.table("sptes", CORE)
+
+
 def spte_classes(cap: Capture) -> pd.DataFrame:
     """classify() of the capture's SPTE changes, computed once per opened capture (zaps and retained
     tables both need it)."""
     key = "__spte_classes"
     if key not in cap._frames:
-        cap._frames[key] = classify(cap.sptes, Encoding(cap.meta.spte_encoding))
+        cap._frames[key] = classify(spte_core(cap), Encoding(cap.meta.spte_encoding))
     return cap._frames[key]
 
 
@@ -46,8 +57,9 @@ def zap_counts(level: np.ndarray, cls: pd.DataFrame) -> dict[tuple[int, bool], i
 
 def zaps_by_level(cap: Capture) -> tuple[dict[str, dict[str, int]], str]:
     """{level: {leaf, nonleaf}} for levels with any zap, and where the figure comes from."""
-    if len(cap.sptes):
-        return _shape(zap_counts(cap.sptes["level"].to_numpy(), spte_classes(cap))), "kvm_tdp_mmu_spte_changed"
+    core = spte_core(cap)
+    if len(core):
+        return _shape(zap_counts(core["level"].to_numpy(), spte_classes(cap))), "kvm_tdp_mmu_spte_changed"
     totals = (cap.meta.events or {}).get("zap_totals")
     if totals:  # the live recorder's in-kernel per-level counters (when SPTE events were not streamed)
         return _shape({(int(lv), kind == "leaf"): int(n) for lv, v in totals.items() for kind, n in v.items()}), \

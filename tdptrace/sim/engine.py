@@ -3,6 +3,7 @@ are placed by the scheduler model, and the result is the rows of a capture (span
 events, markers, and for small VMs every SPTE change)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,7 +110,8 @@ class Simulator:
         self.phys_bits = phys_bits
         self.ident = ident or Identity()
 
-    def run(self, wl: Workload) -> SimResult:
+    def run(self, wl: Workload, progress: Callable[[str, int, int], None] | None = None) -> SimResult:
+        """Simulate every phase of the workload; progress(phase name, phases done, phases) as each starts."""
         lay = wl.layout
         phys = self.phys_bits or (52 if lay.paging == 5 else 46)
         if not 32 <= phys <= 52 or lay.size_bytes > (1 << phys):
@@ -128,7 +130,9 @@ class Simulator:
                                              np.array([now])))
         phases = []
         notes = []
-        for ph in wl.phases:
+        for i, ph in enumerate(wl.phases):
+            if progress:
+                progress(f"simulating {ph.name}", i, len(wl.phases))
             now += PHASE_GAP_NS
             rows.add("markers", self._marker("phase", None, ph.name, now))
             t0 = now

@@ -1,6 +1,7 @@
 """One simulation from user-level parameters to a capture on disk (what `tdptrace simulate` runs)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,8 +52,10 @@ class SimSpec:
         return f"{what} of a {self.size} VM ({self.backing}, {self.paging}-level) under {self.strategy}"
 
 
-def simulate(spec: SimSpec, output: str | Path, overwrite: bool = False) -> tuple[Path, SimResult]:
-    """Run the simulation described by spec and write it as a capture."""
+def simulate(spec: SimSpec, output: str | Path, overwrite: bool = False,
+             progress: Callable[[str, int, int], None] | None = None) -> tuple[Path, SimResult]:
+    """Run the simulation described by spec and write it as a capture; progress(step, done, total) hears each
+    phase and the writing."""
     strat = get_strategy(spec.strategy)
     costs = CostModel.load(spec.costs) if spec.costs else CostModel()
     sched = SchedulerModel(contention=spec.contention, tick_ns=spec.tick_ns, slice_ns=spec.slice_ns,
@@ -62,7 +65,9 @@ def simulate(spec: SimSpec, output: str | Path, overwrite: bool = False) -> tupl
                        "check --contention, --tick, --slice, --phase")
     wl = spec.build()
     ident = Identity()
-    res = Simulator(strat, costs, sched, spec.sptes, spec.phys_bits, ident).run(wl)
+    res = Simulator(strat, costs, sched, spec.sptes, spec.phys_bits, ident).run(wl, progress)
+    if progress:
+        progress("writing the capture", len(wl.phases), len(wl.phases))
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()}
     source = {"kind": "simulation", "parameters": params, "workload": wl.to_dict(),
               "strategy": {"name": strat.name, "era": strat.era}, "costs": costs.to_dict(),
