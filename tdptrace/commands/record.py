@@ -68,7 +68,8 @@ def record_cmd(
 
         opts = RecordOptions(output=out, pids=tuple(pid or ()), sptes=sptes, stacks=stacks,
                              stack_min_gap_ns=stack_threshold, force=force, waiters=waiters)
-        typer.echo(program_text(program_defines(api.plan_recording(opts, backend).probes, opts)))
+        plan = api.plan_recording(opts, backend).probes
+        typer.echo(program_text(program_defines(plan, opts), plan))
         return
     refuse_existing([out], force)
     secs = duration / 1e9 if duration is not None else None

@@ -48,6 +48,8 @@ class Resolved:
     params: tuple[Param, ...] | None  # None when source is NONE
     reason: str  # one line: why this source
     copies: tuple[str, ...] = ()  # every symbol of this name in the build (plain first)
+    btf_object: str | None = None  # 'vmlinux' or 'kvm': whose BTF described it (source BTF only)
+    returns: str | None = None  # C return type BTF gives ('void' for none); None when not from BTF
 
     @property
     def exists(self) -> bool:
@@ -83,7 +85,7 @@ class Resolved:
 
     def to_meta(self) -> dict[str, Any]:
         """JSON-ready form for a capture's meta and `doctor --json`."""
-        return {"symbol": self.symbol, "source": self.source.value, "reason": self.reason,
+        return {"symbol": self.symbol, "source": self.source.value, "reason": self.reason, "btf": self.btf_object,
                 "params": None if self.params is None else [[p.name, p.type] for p in self.params]}
 
 
@@ -158,7 +160,9 @@ def resolve_function(name: str, release: str, symbols: Iterable[str] | None,
             return Resolved(name, symbol, Source.NONE, None,
                             f"{btf.source} does not describe {name} (left out because the compiler changed its "
                             "parameters): no arguments recorded", copies)
-        return Resolved(name, symbol, Source.BTF, func.params, f"parameters from {btf.source}", copies)
+        obj = "vmlinux" if btf is kernel_btf.vmlinux else "kvm"
+        return Resolved(name, symbol, Source.BTF, func.params, f"parameters from {btf.source}", copies, obj,
+                        func.returns)
     params = table_params(name, release)
     if params is None:
         why = ambiguity(name, release)

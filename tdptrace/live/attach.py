@@ -1,5 +1,7 @@
 """What to attach on the running kernel: tracepoints present, zap functions and yield points resolved from
-/proc/kallsyms (compiler copies included), and the argument registers of each from kernel_functions.SIGNATURES.
+/proc/kallsyms (compiler copies included), and the argument registers of each from kernel.resolve (the
+running kernel's BTF, else the era table; none from compiler copies). fentry/fexit where the kernel runs
+them and BTF describes the function, kprobes otherwise.
 
 Built on tdptrace.live.host.check_host (the `doctor` checks): one description of the host for both commands.
 Everything that cannot be attached is listed with its reason; the capture's meta and the screen show it.
@@ -12,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from tdptrace.kernel.functions import PREFERRED_SPAN_FUNCTIONS, VMM_CALLS
-from tdptrace.kernel.signatures import signature
-from tdptrace.kernel.symbols import base_symbol, is_compiler_copy
+from tdptrace.kernel.functions import PREFERRED_SPAN_FUNCTIONS, VMM_CALLS, YIELD_FUNCTIONS
+from tdptrace.kernel.resolve import Resolution, Resolved, Source, resolve
+from tdptrace.kernel.signatures import ARG_REGISTERS
+from tdptrace.kernel.symbols import is_compiler_copy
 from tdptrace.kernel.tracefs import KVMMMU_EVENTS
 from tdptrace.live.host import HostReport
 from tdptrace.live.records import ARG_REGS, FUNC_ARGS, MAX_SPAN_FUNCS, MAX_VMM_CALLS
@@ -35,19 +38,44 @@ ARG_FIELDS = ("kvm", "root", "start", "end", "can_yield", "flush", "shared", "za
 
 @dataclass
 class SpanFunction:
-    """One zap function to probe as a span: the C name, the symbol attached, its parameters on this kernel."""
+    """One function to probe: the C name, the symbol attached, its parameters on this kernel, where they came
+    from (kernel.resolve), and how it is attached (kprobe, or fentry where the kernel and BTF allow)."""
 
     name: str
     symbol: str
-    params: tuple[str, ...] | None  # None: unknown (a compiler copy, or an era not in SIGNATURES)
+    params: tuple[str, ...] | None  # None: unknown (a compiler copy, a function BTF leaves out, no table entry)
+    resolved: Resolved | None = None
+    method: str = "kprobe"
+
+    def register(self, param: str) -> str | None:
+        """The x86-64 register holding `param` at entry (the resolver's answer; by position without one)."""
+        if self.resolved is not None:
+            return self.resolved.register(param)
+        if not self.params or param not in self.params[:ARG_REGS]:
+            return None
+        return ARG_REGISTERS[self.params.index(param)]
+
+    @property
+    def source(self) -> str:
+        return self.resolved.source.value if self.resolved is not None else (
+            Source.TABLE.value if self.params else Source.NONE.value)
 
     def args_record(self) -> np.ndarray:
-        """The tdp_func_args value for this function (register index per argument, -1 where unknown)."""
+        """The tdp_func_args value for this function (register index per argument, -1 where unknown; for
+        fentry the same index is the argument's slot)."""
         rec = np.zeros(1, dtype=FUNC_ARGS)
         for f in ARG_FIELDS:
-            rec[f] = self.params.index(f) if self.params and f in self.params[:ARG_REGS] else -1
+            reg = self.register(f)
+            rec[f] = ARG_REGISTERS.index(reg) if reg is not None else -1
         rec["vmm_call"] = 1 if self.name in VMM_CALLS else 0
         return rec
+
+    def to_meta(self) -> dict[str, Any]:
+        """Where this function's arguments came from, for the capture's meta."""
+        base = self.resolved.to_meta() if self.resolved is not None else {
+            "symbol": self.symbol, "source": self.source, "reason": "",
+            "params": list(self.params) if self.params else None}
+        return base | {"symbol": self.symbol, "method": self.method}
 
 
 @dataclass
@@ -64,10 +92,25 @@ class ProbePlan:
     vmm_calls: list[SpanFunction] = field(default_factory=list)  # entry kprobes that decide a VM's owner
     missing: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    arguments: Resolution | None = None  # every function resolved on this kernel (doctor's view)
+    yield_methods: dict[str, str] = field(default_factory=dict)  # yield function -> kprobe / fentry
 
     @property
     def spans(self) -> bool:
-        return self.kprobes and bool(self.span_functions)
+        return bool(self.span_functions)
+
+    def kprobes_only(self) -> None:
+        """Attach everything with kprobes (a backend without fentry programs, such as ftrace's kprobe_events,
+        or fentry refused at load); without kprobes what only fentry could attach is listed as missing."""
+        if not self.kprobes:
+            for f in self.span_functions + self.vmm_calls:
+                self.missing.append({"probe": f"kprobe:{f.symbol}", "reason": "no kprobes on this kernel"})
+            self.missing += [{"probe": f"kprobe:{y}", "reason": "no kprobes on this kernel"}
+                             for y in self.yield_functions]
+            self.span_functions, self.vmm_calls, self.yield_functions = [], [], []
+        for f in self.span_functions:
+            f.method = "kprobe"
+        self.yield_methods = {y: "kprobe" for y in self.yield_functions}
 
     def capabilities(self, sptes_streamed: bool) -> dict[str, bool]:
         """What figures a capture recorded with this plan can give (same keys as imported captures)."""
@@ -87,6 +130,7 @@ class ProbePlan:
         out = []
         if not self.spans:
             why = "the kernel has no kprobes" if not self.kprobes else "no zap function could be resolved"
+            why += "" if self.kprobes or not self.fentry else " and BCC's fentry reaches vmlinux functions only"
             out.append(f"zap spans, yield points and lock-hold gaps are unavailable ({why}; fentry is "
                        f"{'refused' if not self.fentry else 'not used'}): only tracepoints were recorded")
         if "kvm_tdp_mmu_spte_changed" not in self.tracepoints:
@@ -96,19 +140,30 @@ class ProbePlan:
 
     def to_meta(self) -> dict[str, Any]:
         attached = [f"tracepoint:kvmmmu:{t}" for t in self.tracepoints]
-        if self.kprobes:
-            attached += [f"kprobe:{f.symbol}" for f in self.span_functions]
-            attached += [f"kretprobe:{f.symbol}" for f in self.span_functions]
-            attached += [f"kprobe:{y}" for y in self.yield_functions] + [f"kretprobe:{y}" for y in self.yield_functions]
+        if self.spans:
+            for f in self.span_functions:
+                entry, ret = ("fentry", "fexit") if f.method == "fentry" else ("kprobe", "kretprobe")
+                attached += [f"{entry}:{f.symbol}", f"{ret}:{f.symbol}"]
+            for y in self.yield_functions:
+                entry, ret = ("fentry", "fexit") if self.yield_methods.get(y) == "fentry" else ("kprobe", "kretprobe")
+                attached += [f"{entry}:{y}", f"{ret}:{y}"]
             attached += [f"kprobe:{f.symbol}" for f in self.vmm_calls]
+        arguments = {f.name: f.to_meta() for f in self.span_functions + self.vmm_calls}
+        if self.arguments is not None:
+            for y in self.yield_functions:
+                arguments[y] = self.arguments[y].to_meta() | {"method": self.yield_methods.get(y, "kprobe")}
+        fentry = any(f.method == "fentry" for f in self.span_functions) or "fentry" in self.yield_methods.values()
         return {"attached": attached, "missing": self.missing,
-                "method": "kprobes+tracepoints" if self.spans else "tracepoints only",
+                "method": ("fentry+kprobes+tracepoints" if fentry else "kprobes+tracepoints") if self.spans
+                else "tracepoints only",
                 "span_functions": {f.symbol: list(f.params) if f.params else None for f in self.span_functions},
-                "vmm_calls": [f.symbol for f in self.vmm_calls]}
+                "vmm_calls": [f.symbol for f in self.vmm_calls],
+                "btf": self.arguments.btf_origin if self.arguments is not None else None,
+                "arguments": arguments}
 
 
 def plan_probes(report: HostReport) -> ProbePlan:
-    """Decide the attach points from the host report (tracepoints, kprobes, symbols)."""
+    """Decide the attach points from the host report (tracepoints, kprobes, symbols, resolved arguments)."""
     tracefs = Path(report.tracefs) if report.tracefs else None
     tps, missing = [], []
     for tp in KVMMMU_TRACEPOINTS:
@@ -117,49 +172,83 @@ def plan_probes(report: HostReport) -> ProbePlan:
         else:
             missing.append({"probe": f"tracepoint:kvmmmu:{tp}", "reason": "not in this kernel (or kvm not loaded)"})
     kprobes = bool(report.methods.get("kprobes"))
+    arguments = report.arguments
+    if arguments is None:  # a report built without the resolver's view: resolve from its symbols, no BTF
+        names = list(dict.fromkeys([*PREFERRED_SPAN_FUNCTIONS, *YIELD_PROGRAMS, *VMM_CALLS, *report.symbols]))
+        arguments = resolve(names, report.kernel_release, {s for v in report.symbols.values() for s in v}, None)
     plan = ProbePlan(release=report.kernel_release, tracefs=tracefs, tracepoints=tps, kprobes=kprobes,
-                     fentry=bool(report.methods.get("fentry")), missing=missing)
+                     fentry=bool(report.methods.get("fentry")), missing=missing, arguments=arguments)
     for name in PREFERRED_SPAN_FUNCTIONS:
         syms = report.symbols.get(name, [])
         if not syms:
             continue
+        resolved = arguments.functions.get(name)
         for sym in syms:
-            params = None if is_compiler_copy(sym) else signature(base_symbol(sym), report.kernel_release)
-            if not kprobes:
+            r = _for_symbol(resolved, name, sym)
+            f = SpanFunction(name, sym, r.param_names if r is not None else None, r)
+            f.method = "fentry" if plan.fentry and fentry_allowed(f) else "kprobe"
+            if f.method == "kprobe" and not kprobes:
                 missing.append({"probe": f"kprobe:{sym}", "reason": "no kprobes on this kernel"})
                 continue
             if len(plan.span_functions) >= MAX_SPAN_FUNCS:
                 missing.append({"probe": f"kprobe:{sym}", "reason": f"more than {MAX_SPAN_FUNCS} span functions"})
                 continue
-            plan.span_functions.append(SpanFunction(name, sym, params))
-            if params is None:
-                plan.notes.append(f"{sym}: arguments unknown on {report.kernel_release} (compiler copy or "
-                                  "era not in kernel_functions.SIGNATURES); spans recorded without them")
+            plan.span_functions.append(f)
+            if f.params is None:
+                plan.notes.append(f"{sym}: spans recorded without arguments ({r.reason if r else 'unresolved'})")
     for name in YIELD_PROGRAMS:
         if report.symbols.get(name):
-            if kprobes:
-                plan.yield_functions.append(name)
-            else:
+            r = arguments.functions.get(name)
+            method = "fentry" if plan.fentry and r is not None and _vmlinux_btf(r) else "kprobe"
+            if method == "kprobe" and not kprobes:
                 missing.append({"probe": f"kprobe:{name}", "reason": "no kprobes on this kernel"})
-    if plan.spans:
+                continue
+            plan.yield_functions.append(name)
+            plan.yield_methods[name] = method
+    if plan.spans and kprobes:
         _plan_vmm_calls(plan, report)
     return plan
 
 
+def _for_symbol(resolved: Resolved | None, name: str, sym: str) -> Resolved | None:
+    """The resolution for one symbol of `name`: the resolver's for the symbol it chose; a copy gets none."""
+    if resolved is not None and resolved.symbol == sym:
+        return resolved
+    if is_compiler_copy(sym):
+        return Resolved(name, sym, Source.NONE, None, f"{sym} is a compiler copy; its ABI is not the C prototype "
+                        "and BTF does not describe it: no arguments recorded")
+    return resolved
+
+
+def _vmlinux_btf(r: Resolved) -> bool:
+    """BTF from vmlinux describes `r`: what BCC's fentry support (vmlinux BTF only) can attach to."""
+    return r.source == Source.BTF and r.btf_object == "vmlinux"
+
+
+def fentry_allowed(f: SpanFunction) -> bool:
+    """fentry/fexit for this function: described by vmlinux BTF (BCC finds fentry targets there only; kvm.ko's
+    own functions take kprobes), the exact symbol (never a compiler copy), every recorded argument in a slot."""
+    r = f.resolved
+    if r is None or is_compiler_copy(f.symbol) or not _vmlinux_btf(r):
+        return False
+    return all(r.index(a) is None or r.fentry_slot(a) is not None for a in ARG_FIELDS)
+
+
 def _plan_vmm_calls(plan: ProbePlan, report: HostReport) -> None:
     """The VMM calls to probe (their callers own the VMs); exact symbols only, kvm argument known."""
+    assert plan.arguments is not None
     for name in VMM_CALLS:
         syms = [s for s in report.symbols.get(name, []) if not is_compiler_copy(s)]
         if not syms:
             continue  # inlined in this build (or a compiler copy whose arguments are unknown)
-        params = signature(name, report.kernel_release)
-        if not params or "kvm" not in params[:ARG_REGS]:
+        r = _for_symbol(plan.arguments.functions.get(name), name, syms[0])
+        if r is None or r.register("kvm") is None:
             plan.missing.append({"probe": f"kprobe:{syms[0]}", "reason": "its kvm argument is unknown on "
-                                 f"{report.kernel_release}"})
+                                 f"{report.kernel_release}" + (f" ({r.reason})" if r else "")})
             continue
         if len(plan.vmm_calls) >= MAX_VMM_CALLS:
             break
-        plan.vmm_calls.append(SpanFunction(name, syms[0], params))
+        plan.vmm_calls.append(SpanFunction(name, syms[0], r.param_names, r))
     if not plan.vmm_calls:
         plan.notes.append("no VMM call (memslot ioctl, VM creation) can be probed on this kernel: a VM's owner "
                           "is the first task seen zapping it")

@@ -22,6 +22,7 @@ from tdptrace.kernel.release import ringbuf_supported
 from tdptrace.kernel.spte import Encoding, encoding_for_release
 from tdptrace.live import programs
 from tdptrace.live.attach import TRACEPOINT_DEFINES, YIELD_PROGRAMS, ProbePlan
+from tdptrace.live.fentry_programs import fentry_stubs
 from tdptrace.live.programs import bcc_compat, cflag, probes_dir  # noqa: F401 - re-exported for callers
 from tdptrace.live.recording import ChunkObserver, LiveStatus, RecordOptions, live_meta
 from tdptrace.live.records import (
@@ -88,12 +89,14 @@ def program_for(defines: dict[str, int]) -> str:
     return PROGRAM
 
 
-def program_text(defines: dict[str, int]) -> str:
-    """The BPF program exactly as compiled: the settings as #defines, then the source with its headers."""
-    return programs.program_text(program_for(defines), defines)
+def program_text(defines: dict[str, int], plan: ProbePlan | None = None) -> str:
+    """The BPF program exactly as compiled: the settings as #defines, then the source with its headers, then
+    the plan's fentry stubs."""
+    stubs = fentry_stubs(plan) if plan is not None and program_for(defines) == PROGRAM else ""
+    return programs.program_text(program_for(defines), defines, stubs)
 
 
-def compile_program(defines: dict[str, int]):
+def compile_program(defines: dict[str, int], stubs: str = ""):
     """Load the BPF module (tracepoint programs attach themselves); MissingCapability when bcc cannot."""
     try:
         import bcc  # noqa: F401, PLC0415 - lazily, only on the live path
@@ -101,7 +104,7 @@ def compile_program(defines: dict[str, int]):
         raise MissingCapability("bcc is not importable", "install python3-bpfcc (sudo bash scripts/bootstrap.sh) "
                                 "or use --backend ftrace")
     try:
-        return programs.load(program_for(defines), defines)
+        return programs.load(program_for(defines), defines, stubs=stubs)
     except Exception as exc:  # bcc raises bare Exception on compile/load failures
         raise MissingCapability(f"BCC could not compile or load the probes ({str(exc).splitlines()[0][:100]})",
                                 "check kernel headers (tdptrace doctor), or use --backend ftrace")
@@ -150,7 +153,7 @@ class BccRecorder:
         self.writer = CaptureWriter(self.opts.output, self.meta, overwrite=self.opts.force, hasher=self.hasher,
                                     on_chunk=self.on_chunk)
         try:
-            self.bpf = compile_program(self.defines)
+            self.bpf = self._compile()
         except BaseException:
             self.writer.discard()  # nothing was recorded: leave no capture behind
             raise
@@ -172,6 +175,22 @@ class BccRecorder:
         self.writer.write_meta()
         self._t0 = self._last_flush = time.monotonic()
 
+    def _compile(self) -> Any:
+        """Compile and load; fentry programs attach at load, and if the kernel refuses any of them the whole
+        plan falls back to kprobes (said in the capture's notes)."""
+        stubs = fentry_stubs(self.plan)
+        if not stubs:
+            return compile_program(self.defines)
+        try:
+            return compile_program(self.defines, stubs)
+        except MissingCapability as exc:
+            self.plan.kprobes_only()
+            self.plan.notes.append(f"fentry/fexit refused at load ({exc.message}); kprobes used instead")
+            self.defines = program_defines(self.plan, self.opts)
+            self.meta.source["defines"] = self.defines
+            self.functions = [f.symbol for f in self.plan.span_functions]
+            return compile_program(self.defines)
+
     def _attach_kprobes(self) -> None:
         if not self.plan.spans:
             return
@@ -179,12 +198,16 @@ class BccRecorder:
         args = b[b"func_args"]
         for i, f in enumerate(self.plan.span_functions):
             args[ctypes.c_int(i)] = args.Leaf.from_buffer_copy(f.args_record().tobytes())
+            if f.method == "fentry":
+                continue  # attached at load by its KFUNC_PROBE/KRETFUNC_PROBE stub
             try:
                 b.attach_kprobe(event=f.symbol.encode(), fn_name=f"span_entry_{i}".encode())
                 b.attach_kretprobe(event=f.symbol.encode(), fn_name=f"span_return_{i}".encode(), maxactive=64)
             except Exception as exc:
                 self.attach_failures.append({"probe": f"kprobe:{f.symbol}", "reason": str(exc)[:120]})
         for name in self.plan.yield_functions:
+            if self.plan.yield_methods.get(name) == "fentry":
+                continue
             try:
                 b.attach_kprobe(event=name.encode(), fn_name=YIELD_PROGRAMS[name].encode())
                 b.attach_kretprobe(event=name.encode(), fn_name=b"yield_return", maxactive=64)

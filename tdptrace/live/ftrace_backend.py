@@ -25,7 +25,6 @@ from tdptrace.errors import MissingCapability
 from tdptrace.importers import tracefs
 from tdptrace.importers.decode import decode
 from tdptrace.kernel.functions import ZAP_FUNCTIONS
-from tdptrace.kernel.signatures import ARG_REGISTERS
 from tdptrace.kernel.spte import encoding_for_release
 from tdptrace.kernel.tracefs import CONTENTION_FILTER, WAITER_EVENTS
 from tdptrace.live.attach import ProbePlan
@@ -38,14 +37,16 @@ _KPROBE_ARGS = ("kvm", "root", "start", "end", "can_yield", "flush", "shared", "
 
 
 def kprobe_definitions(plan: ProbePlan, group: str) -> list[str]:
-    """kprobe_events lines: entry (named arguments from SIGNATURES) and return of each span function and
-    yield point. Symbols come from /proc/kallsyms and names from a fixed table: no user text goes in."""
+    """kprobe_events lines: entry (named arguments, registers from kernel.resolve: BTF, else the era table)
+    and return of each span function and yield point. Symbols come from /proc/kallsyms and names from a
+    fixed table: no user text goes in."""
     lines = []
     for i, f in enumerate(plan.span_functions):
         regs = []
-        for j, name in enumerate((f.params or ())[:len(ARG_REGISTERS)]):
-            if name in _KPROBE_ARGS:
-                regs.append(f"{name}=%{ARG_REGISTERS[j]}" + (":u64" if name in ("start", "end") else ""))
+        for name in f.params or ():
+            reg = f.register(name) if name in _KPROBE_ARGS else None
+            if reg is not None:
+                regs.append(f"{name}=%{reg}" + (":u64" if name in ("start", "end") else ""))
         lines.append(f"p:{group}/span{i} {f.symbol} {' '.join(regs)}".rstrip())
         lines.append(f"r:{group}/span{i}_ret {f.symbol} ret=$retval")
     for i, name in enumerate(plan.yield_functions):
@@ -78,6 +79,7 @@ class FtraceRecorder:
         if plan.tracefs is None:
             raise MissingCapability("tracefs is not mounted", "mount -t tracefs nodev /sys/kernel/tracing")
         self.plan = plan
+        plan.kprobes_only()  # kprobe_events: no fentry programs here
         self.opts = opts
         self.root = plan.tracefs
         self.group = f"tdptrace_{os.getpid()}"

@@ -13,9 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from tdptrace.kernel.btf import BtfError
 from tdptrace.kernel.functions import PREFERRED_SPAN_FUNCTIONS, VMM_CALLS
 from tdptrace.kernel.functions import YIELD_FUNCTIONS as _YIELDS
 from tdptrace.kernel.release import parse_version, ringbuf_supported
+from tdptrace.kernel.resolve import Resolution, Source, resolve, running_btf
 from tdptrace.kernel.symbols import copies_of, listed_functions, text_symbols_named
 from tdptrace.kernel.tracefs import KVMMMU_EVENTS, TRACEFS_MOUNT
 from tdptrace.kernel.tracefs import find_tracefs as tracefs_under
@@ -87,6 +89,7 @@ class HostReport:
     tracefs: Optional[str]
     methods: dict[str, bool] = field(default_factory=dict)
     symbols: dict[str, list[str]] = field(default_factory=dict)
+    arguments: Optional[Resolution] = None  # where each function's arguments come from (kernel.resolve)
 
     @property
     def can_record(self) -> bool:
@@ -131,6 +134,7 @@ class HostReport:
             "tracefs": self.tracefs,
             "methods": self.methods,
             "symbols": self.symbols,
+            "arguments": self.arguments.to_meta() if self.arguments is not None else None,
             "checks": [asdict(c) | {"ok": c.ok} for c in self.checks],
         }
 
@@ -451,6 +455,35 @@ def _read_errno(p: Path) -> tuple[Optional[str], str]:
         return None, os.strerror(exc.errno) if exc.errno else str(exc)
 
 
+def check_arguments(env: HostEnv, release: str, found: dict[str, list[str]]) -> tuple[Check, Resolution]:
+    """Where each function's arguments come from on this kernel (BTF, the era table, or none), through the one
+    resolver the recorder and the lab use."""
+    btf_note = ""
+    try:
+        kernel_btf = running_btf(env.path("/sys/kernel/btf"))
+    except BtfError as exc:
+        kernel_btf, btf_note = None, f"BTF unreadable ({exc.message}); "
+    symbols = {s for syms in found.values() for s in syms}
+    res = resolve(list(found), release, symbols, kernel_btf)
+    by_source: dict[Source, list[str]] = {s: [] for s in Source}
+    for r in res.present():
+        by_source[r.source].append(r.symbol or r.name)
+    if not res.present():
+        return Check("arguments", INFO, btf_note + "no probed function in this kernel to resolve"), res
+    parts = []
+    if by_source[Source.BTF]:
+        parts.append(f"from BTF ({kernel_btf.origin if kernel_btf else ''}): {', '.join(by_source[Source.BTF])}")
+    if by_source[Source.TABLE]:
+        parts.append(f"from the era table for {release} (no BTF for kvm): {', '.join(by_source[Source.TABLE])}")
+    if by_source[Source.NONE]:
+        parts.append("none (" + "; ".join(f"{r.symbol}: {r.reason}" for r in res.present()
+                                          if r.source == Source.NONE) + ")")
+    # Functions without arguments are a fact of the build (nothing to fix): their spans are recorded without
+    # gfn range, zap level or lock mode.
+    status = WARN if btf_note else INFO if by_source[Source.NONE] else OK
+    return Check("arguments", status, btf_note + "; ".join(parts)), res
+
+
 # ---- the whole host -----------------------------------------------------------------------------------
 
 def check_host(env: Optional[HostEnv] = None) -> HostReport:
@@ -467,10 +500,11 @@ def check_host(env: Optional[HostEnv] = None) -> HostReport:
     kvm_rows = check_kvm(env)
     tps = check_tracepoints(tracefs, tfs_row.fix)
     sym_rows, symbols = check_symbols(env, tracefs, tfs_row.fix)
+    args_row, arguments = check_arguments(env, release, symbols)
     zap_syms = {n: symbols.get(n, []) for n in ZAP_FUNCTIONS if symbols.get(n)}
     fentry = check_fentry(env, release, btf, bcc_mod, zap_syms)
     ring = check_ringbuf(release, bcc_mod)
-    checks = [root, bcc_row, headers, btf, tfs_row, kprobes, fentry, ring, *kvm_rows, tps, *sym_rows]
+    checks = [root, bcc_row, headers, btf, tfs_row, kprobes, fentry, ring, *kvm_rows, tps, *sym_rows, args_row]
 
     is_root = root.ok
     bcc_ok = is_root and bcc_row.status == OK and headers.ok
@@ -516,4 +550,4 @@ def check_host(env: Optional[HostEnv] = None) -> HostReport:
     tracefs_rel = None if tracefs is None else "/" + str(tracefs.relative_to(env.root))
     return HostReport(checks=checks, figures_available=avail, figure_notes=notes, kernel_release=release,
                       tracefs=tracefs_rel, methods=methods,
-                      symbols={k: v for k, v in symbols.items() if v})
+                      symbols={k: v for k, v in symbols.items() if v}, arguments=arguments)

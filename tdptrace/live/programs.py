@@ -4,7 +4,8 @@ BCC compiles from them, and the one way settings reach their compiler: integer -
 BCC rewrites map methods (`stats.lookup(&k)`) in its main source only, so a header of probes/ that uses maps
 cannot simply be #included: `program_source` splices the probes' own headers into the program's text, each
 once, with #line markers so that compiler messages still name the header and line. Only that text and the
-validated defines reach BCC; `program_text` shows both exactly as compiled (`record --ebpf`).
+validated defines reach BCC, plus the fentry stubs tdptrace.live.fentry_programs generates from BTF-checked
+function names and integers; `program_text` shows it all exactly as compiled (`record --ebpf`).
 """
 from __future__ import annotations
 
@@ -69,10 +70,11 @@ def _splice(d: Path, name: str, out: list[str], seen: set[str]) -> None:
         out.append(f'#line {n + 1} "{name}"\n')
 
 
-def program_text(name: str, defines: Mapping[str, int | bool]) -> str:
-    """The program exactly as compiled: the settings as #defines, a blank line, then program_source(name)."""
+def program_text(name: str, defines: Mapping[str, int | bool], stubs: str = "") -> str:
+    """The program exactly as compiled: the settings as #defines, a blank line, then program_source(name),
+    then the generated fentry stubs if any (tdptrace.live.fentry_programs)."""
     settings = [f"#define {flag[2:].replace('=', ' ', 1)}" for flag in cflags(defines)]
-    return "\n".join(settings) + "\n\n" + program_source(name)
+    return "\n".join(settings) + "\n\n" + program_source(name) + stubs
 
 
 def bcc_compat(bpf_class: Any) -> None:
@@ -80,11 +82,12 @@ def bcc_compat(bpf_class: Any) -> None:
     bpf_class.str2ctype.setdefault("signed char", ctypes.c_byte)
 
 
-def load(name: str, defines: Mapping[str, int | bool], bpf_class: Any = None) -> Any:
-    """Compile program `name` with these settings and load it with BCC (its tracepoint programs attach
-    themselves). bcc is imported here, lazily; BCC's own exceptions pass through to the caller."""
+def load(name: str, defines: Mapping[str, int | bool], bpf_class: Any = None, stubs: str = "") -> Any:
+    """Compile program `name` with these settings (and generated fentry stubs) and load it with BCC (its
+    tracepoint and fentry programs attach themselves). bcc is imported here, lazily; BCC's own exceptions
+    pass through to the caller."""
     if bpf_class is None:
         from bcc import BPF as bpf_class  # noqa: N813, PLC0415 - lazily, only on the live path
     bcc_compat(bpf_class)
     flags = cflags(defines)
-    return bpf_class(text=program_source(name).encode(), cflags=flags)
+    return bpf_class(text=(program_source(name) + stubs).encode(), cflags=flags)

@@ -10,41 +10,7 @@ import pytest
 
 from tdptrace.kernel import btf
 from tdptrace.kernel.btf import BtfError
-
-
-class Builder:
-    """Raw BTF bytes from type records, the way pahole lays them out."""
-
-    def __init__(self, base_strings: int = 0, first_id: int = 1) -> None:
-        self.types: list[bytes] = []
-        self.strings = b"" if base_strings else b"\0"
-        self.base_strings = base_strings
-        self.next_id = first_id
-
-    def s(self, text: str) -> int:
-        off = self.base_strings + len(self.strings)
-        self.strings += text.encode() + b"\0"
-        return off
-
-    def add(self, name: str, kind: int, vlen: int, size_or_type: int, extra: bytes = b"", kflag: int = 0) -> int:
-        off = self.s(name) if name else 0
-        self.types.append(struct.pack("<III", off, (kflag << 31) | (kind << 24) | vlen, size_or_type) + extra)
-        self.next_id += 1
-        return self.next_id - 1
-
-    def int_(self, name: str, size: int, signed: bool = False, boolean: bool = False) -> int:
-        enc = (1 if signed else 0) | (4 if boolean else 0)
-        return self.add(name, 1, 0, size, struct.pack("<I", (enc << 24) | (size * 8)))
-
-    def func(self, name: str, ret: int, params: list[tuple[str, int]]) -> int:
-        extra = b"".join(struct.pack("<II", self.s(n), t) for n, t in params)
-        proto = self.add("", 13, len(params), ret, extra)
-        return self.add(name, 12, 1, proto)
-
-    def bytes(self) -> bytes:
-        types = b"".join(self.types)
-        return struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(self.strings)) + \
-            types + self.strings
+from btfgen import Builder
 
 
 def base_btf() -> tuple[Builder, btf.Btf]:

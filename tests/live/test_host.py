@@ -11,7 +11,7 @@ import pytest
 from hostfake import HDR, KALLSYMS_510, RELEASE, env, fake_bcc, link, make_host, remove, write
 
 from tdptrace.live import host
-from tdptrace.live.host import MISSING, OK, WARN, HostEnv, check_host
+from tdptrace.live.host import INFO, MISSING, OK, WARN, HostEnv, check_host
 
 
 @pytest.fixture
@@ -301,3 +301,40 @@ def test_tracefs_mounted_but_unreadable_says_so(fake: Path) -> None:
     assert row.fix.startswith("run as root")
     assert r.check("kvmmmu tracepoints").fix == row.fix  # dependent rows point at the same fix
     assert r.verdict() == "record cannot record here: not root"
+
+
+def test_arguments_row_says_per_function_where_arguments_come_from(fake: Path) -> None:
+    from tdptrace.kernel.resolve import Source
+
+    r = check_host(env(fake))
+    args = r.arguments
+    assert args["tdp_mmu_zap_leafs"].source == Source.BTF
+    assert args["kvm_tdp_mmu_zap_leafs"].param_names == ("kvm", "start", "end", "flush")
+    assert args["__cond_resched_rwlock_read"].source == Source.BTF
+    assert args["__cond_resched_rwlock_read"].btf_object == "vmlinux"
+    copy = args["__tdp_mmu_zap_root"]
+    assert copy.symbol == "__tdp_mmu_zap_root.isra.0" and copy.source == Source.NONE and copy.params is None
+    row = r.check("arguments")
+    assert row.status == INFO and "from BTF" in row.detail
+    assert "__tdp_mmu_zap_root.isra.0: only the compiler copy" in row.detail
+    d = r.to_dict()["arguments"]["functions"]
+    assert d["tdp_mmu_zap_leafs"]["source"] == "BTF" and d["__tdp_mmu_zap_root"]["source"] == "none"
+
+
+def test_without_btf_the_era_table_is_used_and_said(fake: Path) -> None:
+    from tdptrace.kernel.resolve import Source
+
+    (fake / "sys/kernel/btf/kvm").unlink()
+    (fake / "sys/kernel/btf/vmlinux").unlink()
+    r = check_host(env(fake))
+    assert r.arguments["tdp_mmu_zap_leafs"].source == Source.TABLE
+    # 6.1 is ambiguous for kvm_tdp_mmu_zap_leafs without BTF (a stable backport changed it): none.
+    assert r.arguments["kvm_tdp_mmu_zap_leafs"].source == Source.NONE
+    assert "era table for 6.1.0-56-amd64" in r.check("arguments").detail
+
+
+def test_unreadable_btf_is_a_warning_not_a_crash(fake: Path) -> None:
+    (fake / "sys/kernel/btf/kvm").write_bytes(b"garbage bytes that are not BTF at all")
+    r = check_host(env(fake))
+    row = r.check("arguments")
+    assert row.status == WARN and "BTF unreadable" in row.detail and "is not BTF" in row.detail

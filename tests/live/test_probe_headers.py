@@ -152,7 +152,8 @@ def _record_inputs(spans=True, sptes=True, pids=True, stacks=True, yields=True, 
                    tracepoints=tuple(TRACEPOINT_DEFINES)) -> tuple[ProbePlan, RecordOptions]:
     plan = ProbePlan(release=release, tracefs=None, tracepoints=list(tracepoints), kprobes=spans, fentry=False,
                      span_functions=[SpanFunction("tdp_mmu_zap_leafs", "tdp_mmu_zap_leafs",
-                                                  ("kvm", "root", "start", "end", "can_yield", "flush"))],
+                                                  ("kvm", "root", "start", "end", "can_yield", "flush"))]
+                     if spans else [],
                      yield_functions=["__cond_resched_rwlock_read"] if yields else [],
                      vmm_calls=[SpanFunction("kvm_arch_init_vm", "kvm_arch_init_vm", ("kvm", "type"))])
     opts = RecordOptions(output=None, pids=(1,) if pids else (), sptes=sptes, stacks=stacks)  # type: ignore[arg-type]
