@@ -44,17 +44,17 @@ TDPTRACE = r'''
 import sys, time, resource
 from tdptrace import arrowmem
 arrowmem.configure()
-from tdptrace.importers import import_file
+from tdptrace.importers import fastscan, import_file
 t = time.perf_counter()
 r = import_file(sys.argv[1], sys.argv[2], kernel_release="6.1.0-56-amd64")
-print(r.lines, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(r.lines, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, int(fastscan.available()))
 '''
 
 
-def run(code: str, *args: str) -> tuple[int, float, int]:
+def run(code: str, *args: str) -> tuple[int, float, int, bool]:
     out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True).stdout
-    n, secs, rss_kb = out.split()
-    return int(n), float(secs), int(rss_kb)
+    n, secs, rss_kb, *native = out.split()
+    return int(n), float(secs), int(rss_kb), bool(int(native[0])) if native else False
 
 
 def du(path: Path) -> int:
@@ -70,12 +70,12 @@ def main() -> None:
         text = Path(d) / "trace.txt"
         src = Path(a.trace)
         text.write_bytes(lzma.decompress(src.read_bytes()) if src.suffix == ".xz" else src.read_bytes())
-        n_base, t_base, rss_base = run(BASELINE, str(text))
-        n_tdp, t_tdp, rss_tdp = run(TDPTRACE, str(text), str(Path(d) / "cap.tdp"))
+        n_base, t_base, rss_base, _ = run(BASELINE, str(text))
+        n_tdp, t_tdp, rss_tdp, native = run(TDPTRACE, str(text), str(Path(d) / "cap.tdp"))
         events = sum(1 for ln in text.open() if not ln.startswith("#"))
         cap_bytes, text_bytes = du(Path(d) / "cap.tdp"), text.stat().st_size
     res = {
-        "trace": src.name, "lines": n_tdp, "events": events,
+        "trace": src.name, "lines": n_tdp, "events": events, "native": native,
         "baseline_lines_per_s": round(n_base / t_base), "tdptrace_lines_per_s": round(n_tdp / t_tdp),
         "speedup": round((n_tdp / t_tdp) / (n_base / t_base), 2),
         "baseline_peak_rss_mb": round(rss_base / 1024), "tdptrace_peak_rss_mb": round(rss_tdp / 1024),
