@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -136,13 +137,12 @@ class Stream:
     """A running recording: iterate it for Batches; `frames` holds every batch so far (with keep=True) as a
     capture the metric functions take; `stop()` ends it; after the end `result` says how."""
 
-    def __init__(self, plan: RecordingPlan, output: Optional[Path], keep: bool, batch_seconds: float) -> None:
+    def __init__(self, plan: RecordingPlan, output: Optional[Path], batch_seconds: float) -> None:
         self.plan = plan
         self.backend = plan.backend
         self.capture: Optional[Path] = output
         self.notes: list[str] = []
         self.frames: Optional[Frames] = None
-        self._keep = keep
         self._batch_seconds = batch_seconds
         self._chunks: dict[str, list[Any]] = {}
         self._index = 0
@@ -185,8 +185,6 @@ class Stream:
             self._live.stop("stopped")
 
     def __iter__(self) -> Iterator[Batch]:
-        import time
-
         live = self._live
         assert live is not None, "iterate a Stream inside its `with` block"
         if self._done:
@@ -304,7 +302,7 @@ def stream(*, pids: Sequence[int] = (), duration: Optional[float] = None, backen
                              flush_seconds=batch_seconds)
         plan = plan_recording(opts, backend)
         require_recordable(plan)
-        st = Stream(plan, None if tmp else out, keep, batch_seconds)
+        st = Stream(plan, None if tmp else out, batch_seconds)
 
         def note(kind: str, line: str) -> None:
             st.notes.append(line)

@@ -3,8 +3,9 @@ same recording writes its capture; then check the tally against `tdptrace summar
 
     sudo python analysis/live-stream/stream_zaps.py -o ex.tdp [--runs 3] [--sptes] [--backend bcc]
 
-Prints a line per batch (rows it brought, events lost, zaps by level so far), then the two tables and, last,
-one JSON line {"stream": ..., "summary": ..., "batches": n}. Exit status 0 when they are equal, 1 otherwise.
+Prints a line per batch that brought rows (what it brought, events lost, zaps by level so far), then the two
+tables and, last, one JSON line {"stream": ..., "summary": ..., "batches": n}. Exit status 0 when they are
+equal, 1 otherwise.
 """
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             frees = frees.add(frees_by_level(batch.page_tables), fill_value=0)
             zbl, source = tdptrace.zaps_by_level(live.frames)  # the metric on the frames accumulated so far
             got = {t: batch.rows(t) for t in ("sptes", "spans", "yields", "page_tables", "markers") if batch.rows(t)}
+            if not (got or batch.lost_events or batch.final):
+                continue  # a quiet beat: nothing was written
             print(f"batch {batch.index}{' (last)' if batch.final else ''} at {batch.elapsed_s:5.2f}s: {got or 'nothing'}"
                   f", lost {batch.lost_events}; zaps so far {zbl or '-'} ({source})", flush=True)
     streamed, source = tdptrace.zaps_by_level(live.frames)
