@@ -59,7 +59,7 @@ def open(path: str | os.PathLike) -> Capture:  # noqa: A001 - mirrors the builti
     return Capture.open(path)
 
 
-def stream(*, pids: Sequence[int] = (), duration: Optional[float] = None, backend: str = "auto",
+def stream(*, pids: Sequence[int] = (), duration: float | str | None = None, backend: str = "auto",
            sptes: bool = False, stacks: bool = False, stack_threshold_ns: int = 1_000_000, waiters: bool = False,
            output: str | os.PathLike | None = None, force: bool = False, command: Optional[Sequence[str]] = None,
            batch_seconds: float = 1.0, keep: bool = True, on_note: Optional[Callable[[str, str], None]] = None,

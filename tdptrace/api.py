@@ -23,6 +23,7 @@ from tdptrace.capture.schema import TABLES, TITLES
 from tdptrace.capture.store import columns_doc, table_frame
 from tdptrace.errors import BadInput, MissingCapability
 from tdptrace.live.recording import LiveRun, LiveStatus, RecordOptions, RunResult
+from tdptrace.units import GRAMMAR, parse_duration
 
 BACKENDS = ("auto", "bcc", "ftrace")
 Note = Callable[[str, str], None]  # (kind, line): kind "host" (what this host cannot show) or "backend"
@@ -267,15 +268,15 @@ def _remove_private_dir(path: Path) -> None:
 
 
 @contextmanager
-def stream(*, pids: Sequence[int] = (), duration: Optional[float] = None, backend: str = "auto",
+def stream(*, pids: Sequence[int] = (), duration: float | str | None = None, backend: str = "auto",
            sptes: bool = False, stacks: bool = False, stack_threshold_ns: int = 1_000_000, waiters: bool = False,
            output: str | os.PathLike | None = None, force: bool = False, command: Optional[Sequence[str]] = None,
            batch_seconds: float = 1.0, keep: bool = True, on_note: Optional[Note] = None,
            on_status: Optional[Callable[[LiveStatus], None]] = None) -> Iterator[Stream]:
     """Record the host's KVM MMU live (root) and yield a Stream of Batches of capture frames.
 
-    The options are those of `tdptrace record`: pids (only these VMMs' VMs), duration (seconds; default: until
-    stop(), SIGINT/SIGTERM or the end of `command`), backend ("auto", "bcc", "ftrace"), sptes (every SPTE
+    The options are those of `tdptrace record`: pids (only these VMMs' VMs), duration (seconds, or text like
+    "30s", "10m"; default: until stop(), SIGINT/SIGTERM or the end of `command`), backend ("auto", "bcc", "ftrace"), sptes (every SPTE
     change), stacks (kernel stacks of spans whose max gap reaches stack_threshold_ns), waiters (mmu_lock
     contention and vCPU fault latency; ftrace backend). With `output` the capture is written there as `record`
     writes it (force replaces an earlier capture); without, it goes to a private temporary directory removed on
@@ -288,8 +289,10 @@ def stream(*, pids: Sequence[int] = (), duration: Optional[float] = None, backen
     """
     if batch_seconds <= 0:
         raise BadInput(f"batch_seconds {batch_seconds} is not positive", "give seconds, e.g. 1.0")
-    if duration is not None and duration <= 0:
-        raise BadInput(f"duration {duration} is not positive", "give seconds, e.g. 30")
+    if isinstance(duration, str):
+        duration = parse_duration(duration) / 1e9
+    if duration is not None and not duration > 0:
+        raise BadInput(f"duration {duration} is not positive", f"give seconds, or a duration like {GRAMMAR}")
     tmp: Optional[str] = None
     if output is None:
         tmp = tempfile.mkdtemp(prefix="tdptrace-stream-")  # 0700, ours alone
@@ -297,7 +300,7 @@ def stream(*, pids: Sequence[int] = (), duration: Optional[float] = None, backen
     else:
         out = Path(output)
     try:
-        opts = RecordOptions(output=out, pids=tuple(int(p) for p in pids), sptes=sptes, stacks=stacks,
+        opts = RecordOptions(output=out, pids=tuple(pids), sptes=sptes, stacks=stacks,
                              stack_min_gap_ns=int(stack_threshold_ns), force=force, waiters=waiters,
                              flush_seconds=batch_seconds)
         plan = plan_recording(opts, backend)

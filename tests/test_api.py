@@ -83,6 +83,17 @@ def test_bad_options_raise_bad_input_with_the_commands_line(tmp_path, kwargs, ar
     assert not (tmp_path / "x.tdp").exists()
 
 
+def test_a_duration_reads_like_the_commands(tmp_path):
+    """Text durations use the command's grammar; its line names the option around the same message."""
+    with pytest.raises(tdptrace.BadInputError) as exc:
+        with tdptrace.stream(output=tmp_path / "x.tdp", duration="soon"):
+            pass
+    assert exc.value.line() in _command_error("-d", "soon", "-o", str(tmp_path / "y.tdp"))
+    with pytest.raises(tdptrace.BadInputError, match="is not positive"):
+        with tdptrace.stream(output=tmp_path / "x.tdp", duration=0):
+            pass
+
+
 def test_missing_root_is_a_capability_error(tmp_path):
     """A host without root (a fake host tree) cannot record: the command's line, as a CapabilityError."""
     from tdptrace.live.attach import plan_probes

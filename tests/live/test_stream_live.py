@@ -106,3 +106,11 @@ def test_the_example_streams_the_exercise_and_equals_summary(tmp_path):
     assert got["stream"] == summary["zaps_by_level"] and got["stream_source"] == summary["zaps_source"]
     assert got["stream"], "the exercise zapped nothing the recording saw"
     assert got["batches"] >= 2 and got["lost_events"] == summary["lost_events"] == 0
+
+
+@pytest.mark.live
+def test_a_text_duration_ends_the_stream():
+    _need_live()
+    with tdptrace.stream(duration="1s", keep=False, batch_seconds=0.25) as s:
+        result = s.wait()
+    assert result.stopped_by == "duration" and result.status.elapsed_s >= 1.0
