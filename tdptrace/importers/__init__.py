@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tdptrace.capture import CaptureMeta, CaptureWriter, default_host
+from tdptrace.capture.assemble import Assembler
 from tdptrace.errors import BadInput, OutputFull
-from tdptrace.importers import tracefs
+from tdptrace.importers import fastscan, formats, tracefs
 from tdptrace.importers.decode import RawChunk, decode
 from tdptrace.importers.reader import (
     BLOCK_BYTES,
@@ -60,8 +61,6 @@ def detect_format(path: Path) -> str:
         raise BadInput(f"{path} is binary, not trace text",
                        "give the text of tracefs 'trace', 'trace-cmd report' or 'perf script' (or a trace.dat)")
     text = head.decode("utf-8", errors="replace")
-    from tdptrace.importers import formats
-
     for name, probe in formats.PROBES:
         if probe(text):
             return name
@@ -95,7 +94,6 @@ def _parsed_blocks(path: Path, parser, native: bool) -> Iterator[tuple[Block, _D
     this one is decoded and written."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tdptrace.importers import fastscan
 
     def read(block: Block) -> tuple[Block, _Decoded | None]:
         if not block.data:
@@ -140,8 +138,6 @@ def import_file(path: str | Path, out: str | Path, *, fmt: str = "auto", kernel_
 
     A trace.dat / perf.data is first reported to text by its own tool. When the import fails, the capture it
     had started is removed, so the same command can simply be run again."""
-    from tdptrace.importers import formats
-
     path = Path(path)
     if fmt not in FORMATS:
         raise BadInput(f"unknown format '{fmt}'", f"use one of {', '.join(FORMATS)}")
@@ -189,10 +185,6 @@ def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str 
                  kallsyms: str | Path | None, kprobe_events: str | Path | None, force: bool,
                  progress: Callable[[str, int, int], None] | None, input_name: str) -> ImportResult:
     """Import trace text of a known format (see import_file)."""
-    from tdptrace.capture.assemble import (
-        Assembler,  # here, not at module level: assemble imports importers.decode
-    )
-    from tdptrace.importers import fastscan, formats
 
     enc = encoding_for_release(kernel_release) if kernel_release else None
     if kernel_release and (enc is None or not _RELEASE.fullmatch(kernel_release)):
