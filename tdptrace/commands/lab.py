@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
 @command(lab_app, "run", "Boot a lab kernel, run the five phases, trace them; print the summary.",
          ("tdptrace lab run", "6.1 guest, 128 MiB, the five phases once; prints the summary"),
          ("tdptrace lab run -k 7.3 --mib 32 --contend 8", "7.3: a zap of 8 MiB while a second task zaps too"),
-         ("tdptrace lab run -k linux-image-6.16.12+deb13-amd64@trixie-backports", "any Debian kernel image"))
+         ("tdptrace lab run -k linux-image-6.16.12+deb13-amd64@trixie-backports", "any Debian kernel image"),
+         ("tdptrace lab run -k 6.12 --mib 32 --record bcc", "tdptrace record in the guest, compared with tracefs"))
 def run_cmd(
     kernel: Annotated[str, typer.Option("--kernel", "-k", metavar="KERNEL", help=KERNEL_HELP)]
     = "6.1",
@@ -53,10 +54,20 @@ def run_cmd(
                                                       "(built on first use) alongside the workload; it gets "
                                                       "no usable SIGINT, so it must stop by itself (docs/lab.md, "
                                                       "Hooks and SIGINT).")] = None,
+    record: Annotated[Optional[str], typer.Option("--record", metavar="BACKEND", help="Also run the installed "
+                                                  "`tdptrace record --backend BACKEND` (bcc or ftrace) in the "
+                                                  "guest for the whole run and compare its capture with "
+                                                  "tracefs'; exit 1 when they disagree.")] = None,
+    record_args: Annotated[str, typer.Option("--record-args", metavar="ARGS", help="More options for that "
+                                             "`tdptrace record`, e.g. '--sptes'.")] = "",
     force: Annotated[bool, force_option("the results in an existing -o DIR (trace, capture, summary)")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run record and summary as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run record and summary as JSON (with "
+                                          "--record: both summaries and the comparison).")] = False,
 ) -> None:
     """Run one scenario: populate, madvise half, touch again, delete memslot, close; print the summary.
+
+    With --record the recorder starts first (BCC: about 90 s under TCG) and the workload waits until it
+    has attached.
 
     COST: a QEMU TCG boot of the lab kernel with a nested guest, about a minute on two cores.
     """
@@ -65,9 +76,12 @@ def run_cmd(
     from tdptrace.lab.scenario import Scenario
     from tdptrace.oncall.summary_text import render
 
+    from tdptrace.lab.recorder import parse_record_args
+
     sc = Scenario(kernel=kernel, mib=mib, thp=thp, hog=hog, iters=iters, base_mib=base_mib, hook=hook,
                   contend_mib=contend,
-                  rootfs=rootfs, hook_settle_s=hook_settle / 1e9, chroot_cmd=chroot_cmd)
+                  rootfs=rootfs, hook_settle_s=hook_settle / 1e9, chroot_cmd=chroot_cmd,
+                  record=record, record_args=parse_record_args(record_args))
     if out is not None and not force and out.is_dir() and any(out.iterdir()):
         raise BadInput(f"{out} already holds files", "choose another -o or pass --force to replace its results")
     typer.echo(f"lab: {sc.name} (guest RAM {sc.guest_mib} MiB, trace buffer {sc.buffer_kb} KiB per CPU)", err=True)
@@ -76,6 +90,7 @@ def run_cmd(
         from dataclasses import asdict
 
         typer.echo(json.dumps(writer_json([r.out], **asdict(r)), indent=1, default=str))
+        _exit_if_disagreeing(r.record)
         return
     render(r.summary)
     for k in r.kvmtouch:
@@ -83,6 +98,29 @@ def run_cmd(
     t = r.timings
     typer.echo(f"kernel {r.release}: {t['events']} events, QEMU {t['qemu_s']:.1f} s, total {t['total_s']:.1f} s")
     typer.echo(f"capture: {r.capture}\ntrace:   {r.trace}\nconsole: {Path(r.out) / 'console.log'}")
+    if r.record:
+        _print_comparison(r.record)
+        _exit_if_disagreeing(r.record)
+
+
+def _print_comparison(rec: dict) -> None:
+    from tdptrace.textsafe import clean
+
+    typer.echo(f"recorder ({rec['backend']}, attached {rec['start_s']} s after it started): {rec['capture']}")
+    for f in rec["figures"]:
+        extra = f" (within {max(f['tolerance_ns'])} ns)" if "tolerance_ns" in f and f["tolerance_ns"] else ""
+        typer.echo(clean(f"{'same' if f['same'] else 'DIFFERENT':9} {f['figure']}: tracefs {f['tracefs']} | "
+                         f"recorder {f['recorder']}{extra}"))
+    for side in ("only_tracefs", "only_recorder"):
+        if rec[side]:
+            typer.echo(clean(f"{'info':9} traced by {side[5:]} only: {', '.join(rec[side])}"))
+    typer.echo("verdict: " + ("the recorder agrees with tracefs" if rec["agree"] else "the recorder DISAGREES with "
+                              "tracefs (see above)"))
+
+
+def _exit_if_disagreeing(rec: dict | None) -> None:
+    if rec is not None and not rec["agree"]:
+        raise typer.Exit(code=1)
 
 
 @command(lab_app, "kernels", "The lab's kernels, what the cache holds for each, and what Debian offers.",

@@ -91,7 +91,18 @@ if [ -x /share/hook.sh ]; then
   # it gets HOOK_PHASE=start now and is sent SIGINT once the workload is done.
   HOOK_PHASE=start /share/hook.sh > $O/hook.log 2>&1 &
   HOOK_PID=$!
-  sleep "${HOOK_SETTLE:-0}"
+  if [ "${HOOK_READY:-0}" = 1 ]; then
+    # The hook (a recorder) creates $O/hook_ready once it has attached; HOOK_SETTLE bounds the wait.
+    w=0
+    while [ ! -e $O/hook_ready ]; do
+      kill -0 "$HOOK_PID" 2>/dev/null || fail "the hook ended before it was ready (see hook.log)"
+      [ "$w" -ge "${HOOK_SETTLE%.*}" ] && fail "the hook was not ready after ${HOOK_SETTLE} s (see hook.log)"
+      sleep 1
+      w=$((w + 1))
+    done
+  else
+    sleep "${HOOK_SETTLE:-0}"
+  fi
 fi
 
 echo 1 > $T/tracing_on
@@ -100,6 +111,7 @@ date +%s.%N > $O/t_start.txt 2>/dev/null
 rc=$?
 echo 0 > $T/tracing_on
 cat $O/kvmtouch.txt
+touch $O/workload_done
 if [ -n "${HOOK_PID:-}" ]; then
   kill -INT "$HOOK_PID" 2>/dev/null
   wait "$HOOK_PID"

@@ -113,6 +113,8 @@ def build(kernel: Kernel, project: Path | None = None) -> Path:
                     shutil.copy2(p, src / name)
             # Wheels are fetched by the host's own pip (its index and certificates), installed offline inside.
             wheels = root / "opt" / "wheelhouse"
+            for old in wheels.glob("tdptrace-*.whl"):  # an earlier build's (maybe of another wheel tag)
+                old.unlink()
             run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(src)],
                 what="pip wheel tdptrace (for the rootfs)", timeout=1800)
             if not (root / "opt" / "tdptrace" / "bin" / "python").exists():

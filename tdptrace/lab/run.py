@@ -47,6 +47,7 @@ class LabRun:
     importer: dict[str, Any] = field(default_factory=dict)  # what the importer made of the dump
     kernel: dict[str, Any] = field(default_factory=dict)  # spec, suite, packaging, preemption model of the build
     probe_arguments: dict[str, Any] = field(default_factory=dict)  # per function: where its arguments came from
+    record: dict[str, Any] | None = None  # --record: the recorder's capture, both summaries, the comparison
 
     def trace_bytes(self) -> bytes:
         """The raw tracefs text of the run (trace is kept gzip'd)."""
@@ -177,26 +178,38 @@ def run(scenario: Scenario, out: Path | None = None) -> LabRun:
     params = {"MODE": "run", "MIB": str(scenario.mib), "THP": str(int(scenario.thp)),
               "HOG": str(int(scenario.hog)), "ITERS": str(scenario.iters), "BASE": str(scenario.base_mib),
               "BUF_KB": str(scenario.buffer_kb), "EVENTS": " ".join(res.tracepoints),
-              "HOOK_SETTLE": str(scenario.hook_settle_s), "CONTEND": str(scenario.contend_mib)}
+              "HOOK_SETTLE": str(scenario.settle_s), "CONTEND": str(scenario.contend_mib),
+              "HOOK_READY": str(int(scenario.record is not None))}
     files = {"kprobe_events": "\n".join(res.lines) + "\n"}
     rootfs_dir = scenario.rootfs
     if scenario.hook is not None:
         if not Path(scenario.hook).is_file():
             raise TdpError(f"hook script {scenario.hook} not found")
         files["hook.sh"] = Path(scenario.hook).read_text()
-    if scenario.chroot_cmd:
+    chroot_cmd = scenario.chroot_cmd
+    if scenario.record:
+        from tdptrace.lab import recorder
+
+        chroot_cmd = recorder.guest_command(scenario.record, scenario.record_args)
+    if chroot_cmd:
         from tdptrace.lab import rootfs
 
         if rootfs_dir is None:
             rootfs_dir = rootfs.build(kernel, project=source_tree())
         files["hook.sh"] = initramfs.lab_file("chroot-hook.sh").decode()
-        files["chroot_cmd"] = scenario.chroot_cmd + "\n"
+        files["chroot_cmd"] = chroot_cmd + "\n"
     share_out, b = _boot(kernel, out, params, mem_mib=scenario.guest_mib, timeout_s=scenario.timeout_s,
                          files=files, rootfs=rootfs_dir)
     t_boot = time.monotonic()
     # The captures of this run, each from what the guest left in share/out. tracefs is always there; a recorder
     # run inside the guest (BCC or ftrace, through --chroot-cmd) adds its own step beside this one.
     tracefs = collect_tracefs(share_out, out, scenario, kernel)
+    recorded = None
+    if scenario.record:
+        rec = recorder.collect(share_out, out)
+        recorded = {"backend": scenario.record, "args": list(scenario.record_args), "capture": str(rec.capture),
+                    "start_s": rec.start_s, **recorder.compare(tracefs.capture, rec.capture)}
+        (out / "record-compare.json").write_text(json.dumps(recorded, indent=1, default=str))
     t_end = time.monotonic()
     result = LabRun(
         scenario={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(scenario).items()},
@@ -209,7 +222,8 @@ def run(scenario: Scenario, out: Path | None = None) -> LabRun:
         importer=tracefs.importer,
         kernel={"name": kernel.name, "spec": kernel.spec, "suite": kernel.suite, "package_version": kernel.version,
                 "packaging": kernel.packaging, "preemption": kernel.preemption},
-        probe_arguments=res.arguments)
+        probe_arguments=res.arguments,
+        record=recorded)
     (out / "run.json").write_text(json.dumps({k: v for k, v in asdict(result).items() if k != "summary"},
                                              indent=1))
     return result

@@ -27,6 +27,8 @@ class Scenario:
     hook_settle_s: float = 0.0  # seconds to let the hook start before the workload
     chroot_cmd: str | None = None  # a command run inside the BCC rootfs alongside the workload (rootfs.py)
     contend_mib: int = 0  # phase 3b: MiB zapped while a second task zaps too (lock contention), 0 = no such phase
+    record: str | None = None  # run `tdptrace record --backend RECORD` in the BCC rootfs for the whole run
+    record_args: tuple[str, ...] = ()  # more `tdptrace record` options (tdptrace/lab/recorder.py)
 
     def __post_init__(self) -> None:
         from tdptrace.lab.kernels import spec_of
@@ -51,6 +53,17 @@ class Scenario:
                            f"guest memory less its first 2 MiB", f"give at most {self.mib // 2 - 2} for --mib {self.mib}")
         if self.chroot_cmd and self.hook:
             raise BadInput("--chroot-cmd and --hook both want the guest's hook slot; give one")
+        if self.record is not None:
+            from tdptrace.lab.recorder import BACKENDS, parse_record_args
+
+            if self.record not in BACKENDS:
+                raise BadInput(f"--record {self.record!r} is unknown", f"use one of {', '.join(BACKENDS)}")
+            if self.chroot_cmd or self.hook:
+                raise BadInput("--record runs the recorder in the guest's hook slot; leave out --chroot-cmd and "
+                               "--hook")
+            parse_record_args(" ".join(self.record_args))
+        elif self.record_args:
+            raise BadInput("--record-args without --record", "add --record bcc or --record ftrace")
 
     @property
     def name(self) -> str:
@@ -76,5 +89,20 @@ class Scenario:
     @property
     def timeout_s(self) -> float:
         """How long a boot may take before it is killed (TCG is slow: about 0.1 s per MiB with the hog)."""
-        return (120 + self.mib * self.iters * (0.5 if not self.thp else 0.1) + (self.hook_settle_s or 0)
-                + self.contend_mib * self.iters * 10)
+        return (120 + self.mib * self.iters * (0.5 if not self.thp else 0.1) + self.settle_s
+                + self.contend_mib * self.iters * 10 + (self.record_finish_s if self.record else 0))
+
+    @property
+    def settle_s(self) -> float:
+        """The hook's time to start: --hook-settle, or with --record the longest wait for it to attach."""
+        if self.record and not self.hook_settle_s:
+            from tdptrace.lab.recorder import START_S
+
+            return START_S
+        return self.hook_settle_s or 0.0
+
+    @property
+    def record_finish_s(self) -> float:
+        from tdptrace.lab.recorder import FINISH_S
+
+        return FINISH_S
