@@ -165,14 +165,23 @@ class FtraceRecorder:
         with open(path, "w") as f:
             f.write(text)
 
+    @staticmethod
+    def _append(path: Path, line: str) -> None:
+        """Add one definition to kprobe_events. Not open(path, "a"): Python seeks to the end of a file opened
+        for appending, and tracefs' kprobe_events refuses SEEK_END with EINVAL (every kprobe failed so)."""
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
     def _add_kprobes(self) -> None:
         if not self.plan.kprobes:
             return
         ke = self.root / "kprobe_events"
         for line in kprobe_definitions(self.plan, self.group):
             try:
-                with open(ke, "a") as f:
-                    f.write(line + "\n")
+                self._append(ke, line)
                 self.kprobes.append(line.split()[0].split("/")[1])
             except OSError as exc:
                 self.failures.append({"probe": f"kprobe:{line.split()[1]}", "reason": exc.strerror or str(exc)})
@@ -332,8 +341,7 @@ class FtraceRecorder:
         ke = self.root / "kprobe_events"
         for name in self.kprobes:  # only once no instance uses them
             try:
-                with open(ke, "a") as f:
-                    f.write(f"-:{self.group}/{name}\n")
+                self._append(ke, f"-:{self.group}/{name}")
             except OSError:
                 pass
 
