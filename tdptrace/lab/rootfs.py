@@ -79,8 +79,10 @@ def _has_headers(root: Path, release: str) -> bool:
     return (root / str(target).lstrip("/") if target.is_absolute() else link.parent / target).is_dir()
 
 
-def build(kernel: Kernel, project: Path | None = None) -> Path:
-    """The rootfs with `kernel`'s headers (and tdptrace from `project`, a source tree, when given)."""
+def build(kernel: Kernel, project: Path | None = None, headers: bool = True) -> Path:
+    """The rootfs with `kernel`'s headers (BCC compiles against them; headers=False: the ftrace backend needs
+    none, and bookworm's apt has none for kernels of other suites) and tdptrace from `project`, a source
+    tree, when given."""
     root = cache_dir() / "rootfs" / "bookworm"
     stamp = root / ".tdptrace-rootfs"
     if not stamp.exists():
@@ -93,14 +95,14 @@ def build(kernel: Kernel, project: Path | None = None) -> Path:
             what="debootstrap bookworm", timeout=1800, hint="the BCC rootfs needs Debian's package mirror")
         (root / "etc" / "apt" / "sources.list").write_text(SOURCES)
         stamp.touch()
-    headers = f"linux-headers-{kernel.release}"
+    package = f"linux-headers-{kernel.release}"
     with _mounted(root):
-        if not _has_headers(root, kernel.release):
+        if headers and not _has_headers(root, kernel.release):
             _chroot(root, "apt-get", "update", "-q", what="apt-get update (rootfs)")
-            _chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", headers,
-                    what=f"apt-get install {headers} (rootfs)")
+            _chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", package,
+                    what=f"apt-get install {package} (rootfs)")
             if not _has_headers(root, kernel.release):
-                raise MissingCapability(f"{headers} installed no /lib/modules/{kernel.release}/build in the rootfs")
+                raise MissingCapability(f"{package} installed no /lib/modules/{kernel.release}/build in the rootfs")
         if project is not None and _project_digest(project) != _installed_digest(root):
             src = root / "opt" / "tdptrace-src"
             shutil.rmtree(src, ignore_errors=True)
@@ -120,8 +122,12 @@ def build(kernel: Kernel, project: Path | None = None) -> Path:
             if not (root / "opt" / "tdptrace" / "bin" / "python").exists():
                 _chroot(root, "python3", "-m", "venv", "--system-site-packages", "/opt/tdptrace",
                         what="python3 -m venv (rootfs)")
-            _chroot(root, "/opt/tdptrace/bin/pip", "install", "-q", "--no-index", "--find-links", "/opt/wheelhouse",
-                    "--force-reinstall", "--no-deps", *[f"/opt/wheelhouse/{w.name}" for w in wheels.glob("*.whl")],
+            # The dependencies once (pip skips those installed); tdptrace itself replaced every time.
+            pip = ("/opt/tdptrace/bin/pip", "install", "-q", "--no-index", "--find-links", "/opt/wheelhouse", "--no-deps")
+            deps = [f"/opt/wheelhouse/{w.name}" for w in wheels.glob("*.whl") if not w.name.startswith("tdptrace-")]
+            if deps:
+                _chroot(root, *pip, *deps, what="pip install tdptrace's dependencies (rootfs)")
+            _chroot(root, *pip, "--force-reinstall", *[f"/opt/wheelhouse/{w.name}" for w in wheels.glob("tdptrace-*.whl")],
                     what="pip install tdptrace (rootfs)")
             (root / "opt" / "tdptrace" / ".src-digest").write_text(_project_digest(project))
     return root
