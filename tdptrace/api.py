@@ -55,6 +55,8 @@ def plan_recording(options: RecordOptions, backend: str = "auto") -> RecordingPl
     options.validate()
     report = check_host()
     probes = plan_probes(report)
+    if not options.spans:
+        probes = probes.without_spans()
     chosen = backend if backend != "auto" else ("bcc" if report.methods.get("bcc_tracepoints") else "ftrace")
     if options.waiters and backend == "bcc":
         raise BadInput("--waiters is recorded by the ftrace backend only", "use --backend ftrace (or auto)")
@@ -269,7 +271,8 @@ def _remove_private_dir(path: Path) -> None:
 
 @contextmanager
 def stream(*, pids: Sequence[int] = (), duration: float | str | None = None, backend: str = "auto",
-           sptes: bool = False, stacks: bool = False, stack_threshold_ns: int = 1_000_000, waiters: bool = False,
+           sptes: bool = False, spans: bool = True, stacks: bool = False, stack_threshold_ns: int = 1_000_000,
+           waiters: bool = False,
            output: str | os.PathLike | None = None, force: bool = False, command: Optional[Sequence[str]] = None,
            batch_seconds: float = 1.0, keep: bool = True, on_note: Optional[Note] = None,
            on_status: Optional[Callable[[LiveStatus], None]] = None) -> Iterator[Stream]:
@@ -277,7 +280,8 @@ def stream(*, pids: Sequence[int] = (), duration: float | str | None = None, bac
 
     The options are those of `tdptrace record`: pids (only these VMMs' VMs), duration (seconds, or text like
     "30s", "10m"; default: until stop(), SIGINT/SIGTERM or the end of `command`), backend ("auto", "bcc", "ftrace"), sptes (every SPTE
-    change), stacks (kernel stacks of spans whose max gap reaches stack_threshold_ns), waiters (mmu_lock
+    change), spans (False: tracepoints only, no kprobes), stacks (kernel stacks of spans whose max gap reaches
+    stack_threshold_ns), waiters (mmu_lock
     contention and vCPU fault latency; ftrace backend). With `output` the capture is written there as `record`
     writes it (force replaces an earlier capture); without, it goes to a private temporary directory removed on
     exit. A batch comes every batch_seconds (empty when nothing was written meanwhile); keep=False keeps no
@@ -300,7 +304,7 @@ def stream(*, pids: Sequence[int] = (), duration: float | str | None = None, bac
     else:
         out = Path(output)
     try:
-        opts = RecordOptions(output=out, pids=tuple(pids), sptes=sptes, stacks=stacks,
+        opts = RecordOptions(output=out, pids=tuple(pids), sptes=sptes, spans=spans, stacks=stacks,
                              stack_min_gap_ns=int(stack_threshold_ns), force=force, waiters=waiters,
                              flush_seconds=batch_seconds)
         plan = plan_recording(opts, backend)

@@ -38,6 +38,9 @@ def record_cmd(
                                                        "Ctrl-C, SIGTERM or the end of COMMAND).", hi=YEAR,
                                                        above_zero=True)] = None,
     sptes: Annotated[bool, typer.Option("--sptes", help="Also keep every SPTE change (deep dives; large).")] = False,
+    no_spans: Annotated[bool, typer.Option("--no-spans", help="Tracepoints only: zaps by level and page tables, "
+                                           "no kprobes, so no spans, yields or lock-hold gaps (the cheapest).")]
+    = False,
     stacks: Annotated[bool, typer.Option("--stacks", help="Keep the kernel stack of spans whose max gap "
                                          "reaches --stack-threshold.")] = False,
     stack_threshold: Annotated[int, duration_option("--stack-threshold", help="Max gap from which --stacks "
@@ -66,7 +69,7 @@ def record_cmd(
     if ebpf:
         from tdptrace.live.bcc_recorder import program_defines, program_text
 
-        opts = RecordOptions(output=out, pids=tuple(pid or ()), sptes=sptes, stacks=stacks,
+        opts = RecordOptions(output=out, pids=tuple(pid or ()), sptes=sptes, spans=not no_spans, stacks=stacks,
                              stack_min_gap_ns=stack_threshold, force=force, waiters=waiters)
         plan = api.plan_recording(opts, backend).probes
         typer.echo(program_text(program_defines(plan, opts), plan))
@@ -82,7 +85,8 @@ def record_cmd(
 
     err = Console(stderr=True)
     with _stdout_to_stderr(as_json and bool(command)):  # COMMAND inherits fd 1: stdout carries the JSON alone
-        with api.record(out, pids=tuple(pid or ()), duration=secs, backend=backend, sptes=sptes, stacks=stacks,
+        with api.record(out, pids=tuple(pid or ()), duration=secs, backend=backend, sptes=sptes,
+                        spans=not no_spans, stacks=stacks,
                         stack_threshold_ns=stack_threshold, waiters=waiters, force=force, command=command,
                         keep=False, on_note=note) as stream:
             result = _watch(stream, err, quiet)

@@ -94,6 +94,14 @@ class ProbePlan:
     notes: list[str] = field(default_factory=list)
     arguments: Resolution | None = None  # every function resolved on this kernel (doctor's view)
     yield_methods: dict[str, str] = field(default_factory=dict)  # yield function -> kprobe / fentry
+    spans_off: bool = False  # --no-spans: the user asked for tracepoints only
+
+    def without_spans(self) -> "ProbePlan":
+        """This plan with tracepoints only (--no-spans): no span, yield or VMM-call kprobes."""
+        from dataclasses import replace
+
+        return replace(self, span_functions=[], yield_functions=[], vmm_calls=[], spans_off=True,
+                       missing=list(self.missing), notes=list(self.notes))
 
     @property
     def spans(self) -> bool:
@@ -129,8 +137,10 @@ class ProbePlan:
         """Plain sentences: which figures this capture cannot give, and why."""
         out = []
         if not self.spans:
-            why = "the kernel has no kprobes" if not self.kprobes else "no zap function could be resolved"
-            why += "" if self.kprobes or not self.fentry else " and BCC's fentry reaches vmlinux functions only"
+            why = ("--no-spans" if self.spans_off else "the kernel has no kprobes" if not self.kprobes
+                   else "no zap function could be resolved")
+            why += "" if self.spans_off or self.kprobes or not self.fentry else \
+                " and BCC's fentry reaches vmlinux functions only"
             out.append(f"zap spans, yield points and lock-hold gaps are unavailable ({why}; fentry is "
                        f"{'refused' if not self.fentry else 'not used'}): only tracepoints were recorded")
         if "kvm_tdp_mmu_spte_changed" not in self.tracepoints:

@@ -23,6 +23,7 @@ class RecordOptions:
     output: Path
     pids: tuple[int, ...] = ()
     sptes: bool = False
+    spans: bool = True          # False (--no-spans): tracepoints only, no kprobes at all
     stacks: bool = False
     stack_min_gap_ns: int = 1_000_000
     force: bool = False
@@ -89,7 +90,7 @@ def live_meta(kind: str, options: RecordOptions, release: str, extra_source: dic
     mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     real = time.time_ns()
     return CaptureMeta(
-        source={"kind": kind, "pids": list(options.pids), "sptes": options.sptes, "stacks": options.stacks,
+        source={"kind": kind, "pids": list(options.pids), "sptes": options.sptes, "spans": options.spans, "stacks": options.stacks,
                 "waiters": options.waiters}
         | extra_source,
         kernel={"release": release, "version": os.uname().version},
