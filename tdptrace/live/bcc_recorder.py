@@ -158,6 +158,7 @@ class BccRecorder:
             self.writer.discard()  # nothing was recorded: leave no capture behind
             raise
         self._attach_kprobes()
+        programs.release_compiler_memory()  # clang's heap and LLVM's pages: not needed to record
         if self.opts.pids:
             pids = self.bpf[b"pids"]
             for p in self.opts.pids:

@@ -91,3 +91,34 @@ def load(name: str, defines: Mapping[str, int | bool], bpf_class: Any = None, st
     bcc_compat(bpf_class)
     flags = cflags(defines)
     return bpf_class(text=(program_source(name) + stubs).encode(), cflags=flags)
+
+
+# Shared libraries BCC compiles with (clang and LLVM): the recording process runs none of their code once the
+# programs are loaded.
+_COMPILER_LIBS = re.compile(r"/lib(LLVM|clang)[^/]*\.so")
+_MADV_DONTNEED = 4
+
+
+def release_compiler_memory(maps: Path = Path("/proc/self/maps")) -> int:
+    """After the compile: give the C heap clang freed back to the kernel (malloc_trim) and drop this
+    process's pages of the compiler libraries' file mappings (they come back from the page cache if BCC
+    ever compiles again). Returns how many bytes of compiler mappings were dropped; 0 where nothing could be."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        libc.malloc_trim(0)
+    except AttributeError:  # not glibc
+        pass
+    dropped = 0
+    try:
+        lines = maps.read_text().splitlines()
+    except OSError:
+        return 0
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 6 or not _COMPILER_LIBS.search(parts[5]) or parts[1] != "r-xp":
+            continue  # code only: read-only data may hold relocated pointers (RELRO), which the file has not
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        if libc.madvise(lo, hi - lo, _MADV_DONTNEED) == 0:
+            dropped += hi - lo
+    return dropped
