@@ -22,8 +22,7 @@ def register(app: typer.Typer) -> None:
 @command(lab_app, "run", "Boot a lab kernel, run the five phases, trace them; print the summary.",
          ("tdptrace lab run", "6.1 guest, 128 MiB, the five phases once; prints the summary"),
          ("tdptrace lab run -k 7.3 --mib 32 --contend 8", "7.3: a zap of 8 MiB while a second task zaps too"),
-         ("tdptrace lab run -k linux-image-6.16.12+deb13-amd64@trixie-backports", "any Debian kernel image"),
-         ("tdptrace lab run -k 6.12 --mib 32 --record bcc", "tdptrace record in the guest, compared with tracefs"))
+         ("tdptrace lab run -k linux-image-6.16.12+deb13-amd64@trixie-backports", "any Debian kernel image"))
 def run_cmd(
     kernel: Annotated[str, typer.Option("--kernel", "-k", metavar="KERNEL", help=KERNEL_HELP)]
     = "6.1",

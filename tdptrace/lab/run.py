@@ -179,7 +179,7 @@ def run(scenario: Scenario, out: Path | None = None) -> LabRun:
               "HOG": str(int(scenario.hog)), "ITERS": str(scenario.iters), "BASE": str(scenario.base_mib),
               "BUF_KB": str(scenario.buffer_kb), "EVENTS": " ".join(res.tracepoints),
               "HOOK_SETTLE": str(scenario.settle_s), "CONTEND": str(scenario.contend_mib),
-              "HOOK_READY": str(int(scenario.record is not None))}
+              "HOOK_READY": str(int(scenario.record is not None or scenario.hook_ready))}
     files = {"kprobe_events": "\n".join(res.lines) + "\n"}
     rootfs_dir = scenario.rootfs
     if scenario.hook is not None:
@@ -195,7 +195,7 @@ def run(scenario: Scenario, out: Path | None = None) -> LabRun:
         from tdptrace.lab import rootfs
 
         if rootfs_dir is None:
-            rootfs_dir = rootfs.build(kernel, project=source_tree())
+            rootfs_dir = rootfs.build(kernel, project=source_tree(), headers=scenario.record != "ftrace")
         files["hook.sh"] = initramfs.lab_file("chroot-hook.sh").decode()
         files["chroot_cmd"] = chroot_cmd + "\n"
     share_out, b = _boot(kernel, out, params, mem_mib=scenario.guest_mib, timeout_s=scenario.timeout_s,

@@ -29,6 +29,7 @@ class Scenario:
     contend_mib: int = 0  # phase 3b: MiB zapped while a second task zaps too (lock contention), 0 = no such phase
     record: str | None = None  # run `tdptrace record --backend RECORD` in the BCC rootfs for the whole run
     record_args: tuple[str, ...] = ()  # more `tdptrace record` options (tdptrace/lab/recorder.py)
+    hook_ready: bool = False  # the hook creates share/out/hook_ready when the workload may start (hook_settle_s: at most)
 
     def __post_init__(self) -> None:
         from tdptrace.lab.kernels import spec_of
