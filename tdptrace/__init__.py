@@ -60,7 +60,8 @@ def open(path: str | os.PathLike) -> Capture:  # noqa: A001 - mirrors the builti
 
 
 def stream(*, pids: Sequence[int] = (), duration: float | str | None = None, backend: str = "auto",
-           sptes: bool = False, stacks: bool = False, stack_threshold_ns: int = 1_000_000, waiters: bool = False,
+           sptes: bool = False, spans: bool = True, stacks: bool = False, stack_threshold_ns: int = 1_000_000,
+           waiters: bool = False,
            output: str | os.PathLike | None = None, force: bool = False, command: Optional[Sequence[str]] = None,
            batch_seconds: float = 1.0, keep: bool = True, on_note: Optional[Callable[[str, str], None]] = None,
            on_status: Optional[Callable[[LiveStatus], None]] = None) -> AbstractContextManager[Stream]:
@@ -68,7 +69,7 @@ def stream(*, pids: Sequence[int] = (), duration: float | str | None = None, bac
     with the options of `tdptrace record` (docs/api.md "stream"; tdptrace.api.stream)."""
     from tdptrace.api import stream as _stream
 
-    return _stream(pids=pids, duration=duration, backend=backend, sptes=sptes, stacks=stacks,
+    return _stream(pids=pids, duration=duration, backend=backend, sptes=sptes, spans=spans, stacks=stacks,
                    stack_threshold_ns=stack_threshold_ns, waiters=waiters, output=output, force=force,
                    command=command, batch_seconds=batch_seconds, keep=keep, on_note=on_note, on_status=on_status)
 
