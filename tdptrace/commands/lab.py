@@ -141,6 +141,8 @@ def kernels_cmd(
     if available:
         from tdptrace.lab import debian
 
+        if refresh:
+            debian.update(force=True)
         offered = debian.available()
         if as_json:
             typer.echo(json.dumps({"suites": list(debian.SUITES), "kernels": offered}, indent=1))
