@@ -8,15 +8,11 @@ too), whatever the layout.
 """
 from __future__ import annotations
 
-import gzip
-import lzma
-import shutil
-import struct
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tdptrace.errors import MissingCapability, TdpError
+from tdptrace.errors import MissingCapability
+from tdptrace.kernel import btf
 from tdptrace.lab.host import run
 
 # Modules a lab boot needs, by module name; their dependencies are added from each module's .modinfo.
@@ -67,44 +63,17 @@ def module_name(path: Path | str) -> str:
 
 
 def read_module(path: Path) -> bytes:
-    """The plain ELF bytes of a module file, whatever its compression."""
-    name = path.name
-    if name.endswith(".ko"):
-        return path.read_bytes()
-    if name.endswith(".ko.xz"):
-        return lzma.decompress(path.read_bytes())
-    if name.endswith(".ko.gz"):
-        return gzip.decompress(path.read_bytes())
-    if name.endswith(".ko.zst"):
-        if shutil.which("zstd") is None:
-            raise MissingCapability(f"cannot read {name}: no zstd", "apt-get install zstd")
-        p = subprocess.run(["zstd", "-dc", str(path)], capture_output=True)
-        if p.returncode != 0:
-            raise TdpError(f"zstd -dc {name} failed: {p.stderr.decode(errors='replace').strip()[-200:]}")
-        return p.stdout
-    raise MissingCapability(f"cannot read module {name}: not {', '.join(MODULE_SUFFIXES)}")
+    """The plain ELF bytes of a module file, whatever its compression (tdptrace.kernel.btf's reader)."""
+    if not path.name.endswith(MODULE_SUFFIXES):
+        raise MissingCapability(f"cannot read module {path.name}: not {', '.join(MODULE_SUFFIXES)}")
+    return btf.decompress(path.read_bytes(), path.name)
 
 
-def modinfo_depends(data: bytes) -> list[str]:
+def modinfo_depends(data: bytes, source: str = "module") -> list[str]:
     """Module names in the `depends=` entry of an ELF .ko's .modinfo section."""
-    if data[:4] != b"\x7fELF" or data[4] != 2:
-        raise TdpError("not a 64-bit ELF module")
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-
-    def section(i: int) -> tuple[int, int, int]:
-        name, _typ, _flags, _addr, off, size = struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize)
-        return name, off, size
-
-    _, stroff, _ = section(shstrndx)
-    for i in range(shnum):
-        name, off, size = section(i)
-        end = data.index(b"\0", stroff + name)
-        if data[stroff + name:end] == b".modinfo":
-            for entry in data[off:off + size].split(b"\0"):
-                if entry.startswith(b"depends="):
-                    return [d for d in entry[8:].decode().split(",") if d]
-            return []
+    for entry in btf.elf_sections(data, source).get(".modinfo", b"").split(b"\0"):
+        if entry.startswith(b"depends="):
+            return [d for d in entry[8:].decode().split(",") if d]
     return []
 
 
@@ -124,7 +93,7 @@ def select_modules(layout: Layout, release: str, dest: Path, wanted: tuple[str, 
             raise MissingCapability(f"kernel {release} has no module {mod} (needed by the lab)",
                                     "its package may be incomplete; try another --kernel")
         data = read_module(index[mod])
-        for dep in modinfo_depends(data):
+        for dep in modinfo_depends(data, index[mod].name):
             visit(dep.replace("-", "_"))
         name = index[mod].name.split(".ko")[0] + ".ko"
         (dest / name).write_bytes(data)
