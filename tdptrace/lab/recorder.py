@@ -137,6 +137,11 @@ def _gap_tolerance_ns(skew_ns: int, n: int) -> np.ndarray:
     return np.full(n, 2 * CLOCK_RESOLUTION_NS + skew_ns, dtype=np.int64)
 
 
+def _counts(v: Any) -> list:
+    """Counts as plain ints, -1 where a capture could not count (e.g. zaps without an SPTE source)."""
+    return v.fillna(-1).astype("int64").values.tolist()
+
+
 def _table(capture: Any, name: str) -> Any:
     try:
         return getattr(capture, name)
@@ -173,11 +178,9 @@ def compare(tracefs_capture: Path, recorder_capture: Path) -> dict[str, Any]:
         check(f"{fn}: spans", len(x), len(y))
         if len(x) != len(y):
             continue
-        check(f"{fn}: zaps by level per span", x[ZAP_COUNT_COLUMNS].astype("int64").values.tolist(),
-              y[ZAP_COUNT_COLUMNS].astype("int64").values.tolist())
-        check(f"{fn}: yields per span", x["yields"].astype(int).tolist(), y["yields"].astype(int).tolist())
-        check(f"{fn}: retained after each span", x["retained_after"].astype(int).tolist(),
-              y["retained_after"].astype(int).tolist())
+        check(f"{fn}: zaps by level per span", _counts(x[ZAP_COUNT_COLUMNS]), _counts(y[ZAP_COUNT_COLUMNS]))
+        check(f"{fn}: yields per span", _counts(x["yields"]), _counts(y["yields"]))
+        check(f"{fn}: retained after each span", _counts(x["retained_after"]), _counts(y["retained_after"]))
         gx, gy = _ns(x["max_gap_ns"]), _ns(y["max_gap_ns"])
         tol = _gap_tolerance_ns(skew, len(gx))
         diff = np.abs(gx - gy)

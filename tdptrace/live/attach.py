@@ -33,6 +33,8 @@ YIELD_PROGRAMS: dict[str, str] = {
     "__cond_resched_rwlock_read": "yield_entry_read", "__cond_resched_rwlock_write": "yield_entry_write",
     "__cond_resched_lock": "yield_entry_spin",
 }
+SPTE_FALLBACK_FUNCTION = "__handle_changed_spte"
+SPTE_FALLBACK_ARGS = ("as_id", "gfn", "old_spte", "new_spte", "level")  # what the importer decodes
 ARG_FIELDS = ("kvm", "root", "start", "end", "can_yield", "flush", "shared", "zap_level")
 
 
@@ -95,6 +97,9 @@ class ProbePlan:
     arguments: Resolution | None = None  # every function resolved on this kernel (doctor's view)
     yield_methods: dict[str, str] = field(default_factory=dict)  # yield function -> kprobe / fentry
     spans_off: bool = False  # --no-spans: the user asked for tracepoints only
+    # Before 5.11 (no kvm_tdp_mmu_spte_changed): a kprobe on __handle_changed_spte gives the SPTE changes
+    # (kprobe_events of the ftrace backend only).
+    spte_fallback: SpanFunction | None = None
 
     def without_spans(self) -> "ProbePlan":
         """This plan with tracepoints only (--no-spans): no span, yield or VMM-call kprobes."""
@@ -122,7 +127,7 @@ class ProbePlan:
 
     def capabilities(self, sptes_streamed: bool) -> dict[str, bool]:
         """What figures a capture recorded with this plan can give (same keys as imported captures)."""
-        spte_tp = "kvm_tdp_mmu_spte_changed" in self.tracepoints
+        spte_tp = "kvm_tdp_mmu_spte_changed" in self.tracepoints or self.spte_fallback is not None
         return {
             "sptes": sptes_streamed and spte_tp,
             "spans": self.spans,
@@ -217,7 +222,18 @@ def plan_probes(report: HostReport) -> ProbePlan:
             plan.yield_methods[name] = method
     if plan.spans and kprobes:
         _plan_vmm_calls(plan, report)
+    if "kvm_tdp_mmu_spte_changed" not in tps and kprobes:
+        _plan_spte_fallback(plan, report, arguments)
     return plan
+
+
+def _plan_spte_fallback(plan: ProbePlan, report: HostReport, arguments: Resolution) -> None:
+    """__handle_changed_spte (the exact symbol, its SPTE-change arguments known) where the tracepoint is not."""
+    syms = [s for s in report.symbols.get(SPTE_FALLBACK_FUNCTION, []) if not is_compiler_copy(s)]
+    r = arguments.functions.get(SPTE_FALLBACK_FUNCTION)
+    names = r.param_names if r is not None else None
+    if syms and names and all(n in names[:ARG_REGS] for n in SPTE_FALLBACK_ARGS):
+        plan.spte_fallback = SpanFunction(SPTE_FALLBACK_FUNCTION, syms[0], names, r)
 
 
 def _for_symbol(resolved: Resolved | None, name: str, sym: str) -> Resolved | None:

@@ -27,13 +27,16 @@ from tdptrace.importers.decode import decode
 from tdptrace.kernel.functions import ZAP_FUNCTIONS
 from tdptrace.kernel.spte import encoding_for_release
 from tdptrace.kernel.tracefs import CONTENTION_FILTER, WAITER_EVENTS
-from tdptrace.live.attach import ProbePlan
+from tdptrace.live.attach import SPTE_FALLBACK_ARGS, ProbePlan
 from tdptrace.live.recording import ChunkObserver, LiveStatus, RecordOptions, live_meta
 
 INSTANCE_PREFIX = "tdptrace-"
 READ_BYTES = 4 << 20
 # Argument names the importer reads (decode.INT_ARGS / POINTER_ARGS), in the kernel's parameter names.
 _KPROBE_ARGS = ("kvm", "root", "start", "end", "can_yield", "flush", "shared", "zap_level")
+
+
+_SPTE_TYPES = {"as_id": "u8", "gfn": "x64", "old_spte": "x64", "new_spte": "x64", "level": "s32"}
 
 
 def kprobe_definitions(plan: ProbePlan, group: str) -> list[str]:
@@ -49,6 +52,11 @@ def kprobe_definitions(plan: ProbePlan, group: str) -> list[str]:
                 regs.append(f"{name}=%{reg}" + (":u64" if name in ("start", "end") else ""))
         lines.append(f"p:{group}/span{i} {f.symbol} {' '.join(regs)}".rstrip())
         lines.append(f"r:{group}/span{i}_ret {f.symbol} ret=$retval")
+    if plan.spte_fallback is not None:  # SPTE changes before 5.11, decoded like the tracepoint's fields
+        f = plan.spte_fallback
+        regs = [(a, f.register(a)) for a in SPTE_FALLBACK_ARGS]
+        if all(r is not None for _, r in regs):
+            lines.append(f"p:{group}/spte {f.symbol} " + " ".join(f"{a}=%{r}:{_SPTE_TYPES[a]}" for a, r in regs))
     for i, name in enumerate(plan.yield_functions):
         lines.append(f"p:{group}/yield{i} {name} lock=%di")
         lines.append(f"r:{group}/yield{i}_ret {name} ret=$retval")

@@ -169,19 +169,3 @@ def test_p_on_the_other_vmm_keeps_only_its_vm():
     assert spans == [(OTHER_VMM, KVM_B, 7), (99, KVM_B, 11)]
     assert leaf == 7 + 11
 
-
-def test_kprobe_definitions_are_appended_without_seeking(tmp_path, monkeypatch):
-    """tracefs' kprobe_events refuses SEEK_END (EINVAL), which open(path, "a") does first: on the lab's 6.1
-    guest every kprobe of the ftrace backend failed so. The backend appends without seeking."""
-    import errno as errno_mod
-
-    from tdptrace.live.ftrace_backend import FtraceRecorder
-
-    def no_seek(*a):
-        raise OSError(errno_mod.EINVAL, "Invalid argument")
-
-    ke = tmp_path / "kprobe_events"
-    ke.write_text("p:tdp/a f\n")
-    monkeypatch.setattr(os, "lseek", no_seek)
-    FtraceRecorder._append(ke, "p:tdptrace_1/span0 tdp_mmu_zap_leafs kvm=%di")
-    assert ke.read_text() == "p:tdp/a f\np:tdptrace_1/span0 tdp_mmu_zap_leafs kvm=%di\n"
