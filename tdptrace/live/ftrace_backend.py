@@ -36,6 +36,7 @@ READ_BYTES = 4 << 20
 _KPROBE_ARGS = ("kvm", "root", "start", "end", "can_yield", "flush", "shared", "zap_level")
 
 
+RETVAL_ARG = " ret=$retval"  # the return value, for functions that have one
 _SPTE_TYPES = {"as_id": "u8", "gfn": "x64", "old_spte": "x64", "new_spte": "x64", "level": "s32"}
 
 
@@ -51,7 +52,7 @@ def kprobe_definitions(plan: ProbePlan, group: str) -> list[str]:
             if reg is not None:
                 regs.append(f"{name}=%{reg}" + (":u64" if name in ("start", "end") else ""))
         lines.append(f"p:{group}/span{i} {f.symbol} {' '.join(regs)}".rstrip())
-        lines.append(f"r:{group}/span{i}_ret {f.symbol} ret=$retval")
+        lines.append(f"r:{group}/span{i}_ret {f.symbol}{RETVAL_ARG}")
     if plan.spte_fallback is not None:  # SPTE changes before 5.11, decoded like the tracepoint's fields
         f = plan.spte_fallback
         regs = [(a, f.register(a)) for a in SPTE_FALLBACK_ARGS]
@@ -59,7 +60,7 @@ def kprobe_definitions(plan: ProbePlan, group: str) -> list[str]:
             lines.append(f"p:{group}/spte {f.symbol} " + " ".join(f"{a}=%{r}:{_SPTE_TYPES[a]}" for a, r in regs))
     for i, name in enumerate(plan.yield_functions):
         lines.append(f"p:{group}/yield{i} {name} lock=%di")
-        lines.append(f"r:{group}/yield{i}_ret {name} ret=$retval")
+        lines.append(f"r:{group}/yield{i}_ret {name}{RETVAL_ARG}")
     return lines
 
 
@@ -189,7 +190,15 @@ class FtraceRecorder:
         ke = self.root / "kprobe_events"
         for line in kprobe_definitions(self.plan, self.group):
             try:
-                self._append(ke, line)
+                try:
+                    self._append(ke, line)
+                except OSError:
+                    # A kernel with BTF refuses $retval of a void function (ENOENT; 7.3's __tdp_mmu_zap_root,
+                    # kvm_tdp_mmu_zap_all, ...): the return probe without it still closes the span.
+                    if not (line.startswith("r:") and line.endswith(RETVAL_ARG)):
+                        raise
+                    line = line[:-len(RETVAL_ARG)]
+                    self._append(ke, line)
                 self.kprobes.append(line.split()[0].split("/")[1])
             except OSError as exc:
                 self.failures.append({"probe": f"kprobe:{line.split()[1]}", "reason": exc.strerror or str(exc)})

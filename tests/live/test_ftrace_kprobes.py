@@ -50,3 +50,31 @@ def test_with_the_tracepoint_no_spte_kprobe(tmp_path):
     report = host.check_host(env(fake))
     report.tracefs = str(fake / "sys/kernel/tracing")
     assert plan_probes(report).spte_fallback is None
+
+
+def test_a_return_probe_refused_for_its_retval_is_added_without_it(tmp_path, monkeypatch):
+    """Kernels with BTF refuse $retval of a void function (ENOENT): the return probe goes in without it."""
+    import errno as errno_mod
+
+    from tdptrace.live.attach import ProbePlan, SpanFunction
+    from tdptrace.live.ftrace_backend import FtraceRecorder
+    from tdptrace.live.recording import RecordOptions
+
+    ke = tmp_path / "kprobe_events"
+    ke.write_text("")
+    plan = ProbePlan(release="7.3.4+deb13-amd64", tracefs=tmp_path, tracepoints=[], kprobes=True, fentry=False,
+                     span_functions=[SpanFunction("__tdp_mmu_zap_root", "__tdp_mmu_zap_root",
+                                                  ("kvm", "root", "shared", "zap_level"))])
+    rec = FtraceRecorder(plan, RecordOptions(output=tmp_path / "x.tdp"))
+    real = FtraceRecorder._append
+
+    def kernel(path, line):
+        if line.startswith("r:") and "$retval" in line:
+            raise OSError(errno_mod.ENOENT, "No such file or directory")
+        real(path, line)
+
+    monkeypatch.setattr(FtraceRecorder, "_append", staticmethod(kernel))
+    rec._add_kprobes()
+    assert rec.failures == []
+    assert ke.read_text().splitlines()[-1] == f"r:{rec.group}/span0_ret __tdp_mmu_zap_root"
+    assert rec.kprobes == ["span0", "span0_ret"]
