@@ -16,7 +16,8 @@
  * Settings: validated integers from tdptrace/live/bcc_recorder.py program_defines(), passed as -D (each header
  * lists its own); here TDP_TP_SPTE_CHANGED, TDP_TP_GET_PAGE, TDP_TP_PREPARE_ZAP, TDP_TP_ZAP_ALL_FAST,
  * TDP_TP_SPLIT: 1 where the running kernel has that tracepoint; TDP_SPAN_FUNCS and TDP_VMM_CALLS: how many
- * span_entry_N/span_return_N and vmm_call_N programs to compile (the plan's functions).
+ * span_entry_N/span_return_N and vmm_call_N programs to compile (the plan's functions); TDP_RAW_SPTE: SPTE
+ * changes through a raw tracepoint.
  */
 #include <uapi/linux/ptrace.h>
 #include "record.h"
@@ -28,11 +29,23 @@
 #include "record_handlers.bpf.h"
 
 #if !defined(TDP_TP_SPTE_CHANGED) || !defined(TDP_TP_GET_PAGE) || !defined(TDP_TP_PREPARE_ZAP) || \
-	!defined(TDP_TP_ZAP_ALL_FAST) || !defined(TDP_TP_SPLIT) || !defined(TDP_SPAN_FUNCS) || !defined(TDP_VMM_CALLS)
+	!defined(TDP_TP_ZAP_ALL_FAST) || !defined(TDP_TP_SPLIT) || !defined(TDP_SPAN_FUNCS) || !defined(TDP_VMM_CALLS) || \
+	!defined(TDP_RAW_SPTE)
 #error "tracepoint settings missing: compile the probes through tdptrace/live/programs.py"
 #endif
 
-#if TDP_TP_SPTE_CHANGED
+/* The hot one (every SPTE a zap clears): as a raw tracepoint where the kernel has them with the ring
+ * buffer (TDP_RAW_SPTE), so no trace record is assembled before the program runs; its arguments are
+ * TP_PROTO(int as_id, gfn_t gfn, int level, u64 old_spte, u64 new_spte), the same since the event was added. */
+#if TDP_RAW_SPTE && TDP_TP_SPTE_CHANGED
+RAW_TRACEPOINT_PROBE(kvm_tdp_mmu_spte_changed)
+{
+	return spte_change(ctx, bpf_get_current_pid_tgid(), (u32)ctx->args[0], ctx->args[1], (u32)ctx->args[2],
+			   ctx->args[3], ctx->args[4]);
+}
+#endif
+
+#if TDP_TP_SPTE_CHANGED && !TDP_RAW_SPTE
 TRACEPOINT_PROBE(kvmmmu, kvm_tdp_mmu_spte_changed)
 {
 	return (spte_change(args, bpf_get_current_pid_tgid(), args->as_id, args->gfn, args->level, args->old_spte,

@@ -75,6 +75,8 @@ def program_defines(plan: ProbePlan, opts: RecordOptions, bench_tgid: int = 0,
     else:
         for tp, define in TRACEPOINT_DEFINES.items():
             d[define] = int(tp in plan.tracepoints)
+        # Raw tracepoints need no perf buffer context: with the ring buffer (5.8+) the SPTE program is one.
+        d["TDP_RAW_SPTE"] = int(not d["TDP_PERF_BUFFER"])
         d["TDP_SPAN_FUNCS"] = len(plan.span_functions) if plan.spans else 0
         d["TDP_VMM_CALLS"] = len(plan.vmm_calls) if plan.spans else 0
     return d
