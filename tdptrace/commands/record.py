@@ -58,8 +58,11 @@ def record_cmd(
     """Record the host's KVM MMU zaps (needs root), then print the capture's summary.
 
     Stops at Ctrl-C, SIGTERM, -d or the end of COMMAND; every way of stopping leaves a valid capture.
-    OVERHEAD: per event a map lookup and a few counters in the kernel; a zap span is one record however
-    many SPTEs it zaps; SPTE changes are streamed only with --sptes (then one row each).
+    OVERHEAD: a BPF program runs for every SPTE a zap clears (span state, level counters, the page
+    table's entry count), so zaps get slower while recording: measured on a real TDP MMU under emulation,
+    the default made a 16,384-SPTE madvise zap 2.3x and a root teardown 7.5x slower; --no-spans (no
+    kprobes) 2.1x and 5.4x; --sptes about the same as the default. A zap span is one record however many
+    SPTEs it zaps. Figures and the bench that makes them: bench/RESULTS.md.
     """
     from tdptrace import api
     from tdptrace.live.recording import RecordOptions
