@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+
 from tdptrace.capture import CaptureMeta, CaptureWriter, default_host
 from tdptrace.capture.assemble import Assembler
 from tdptrace.errors import BadInput, OutputFull
@@ -24,7 +26,9 @@ from tdptrace.importers.reader import (
     sniff,
 )
 from tdptrace.importers.tracefs import ParsedBlock
+from tdptrace.kernel import validate
 from tdptrace.kernel.spte import encoding_for_release
+from tdptrace.kernel.validate import Evidence
 
 FORMATS = ("auto", "tracefs", "trace-cmd", "perf")
 
@@ -167,6 +171,16 @@ def import_file(path: str | Path, out: str | Path, *, fmt: str = "auto", kernel_
             reported.cleanup()
 
 
+def _gather(evidence: Evidence, chunk: RawChunk) -> None:
+    """Fold one decoded block's kernel evidence in: tracepoints seen, functions probed, SPTE values written."""
+    sp = chunk.sptes
+    new = (sp.column("new_spte").to_numpy() if isinstance(sp, pa.Table) else sp["new_spte"].to_numpy()) \
+        if len(sp) else None
+    calls = chunk.calls
+    functions = calls["function"].unique() if len(calls) and "function" in calls else ()
+    evidence.add(events=chunk.counts.keys(), functions=functions, new_sptes=new)
+
+
 def _discard_partial(out: Path) -> bool:
     """Remove a capture this import left unfinished (status 'recording'); a complete one is never touched.
     True when one was removed."""
@@ -201,6 +215,7 @@ def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str 
         size = path.stat().st_size
     except OSError:
         size = 0
+    evidence = Evidence()
     with CaptureWriter(out, meta, overwrite=force) as writer:
         asm = Assembler(writer, enc)
         seq = 0
@@ -219,6 +234,9 @@ def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str 
                 asm.lost.extend((cpu, count, pos + seq) for cpu, count, pos in parsed.lost)
                 asm.header_overrun += parsed.header_overrun
                 if chunk is not None:
+                    _gather(evidence, chunk)
+                    if kernel_release:  # refuse a --kernel the trace contradicts before writing more of it
+                        validate.check(kernel_release, evidence)
                     asm.add(chunk.shifted(seq))
                 seq += n
                 result.events += n
@@ -238,6 +256,8 @@ def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str 
             example = f" (first line: '{first}')" if result.unparsed_example else ""
             raise BadInput(f"{path}: no trace events found{example}",
                            "is this tracefs, trace-cmd report or perf script text?")
+        if not kernel_release and (said := validate.guess(evidence)):
+            writer.meta.notes.append(said)
         stats = asm.finish(step=(lambda name: progress(name, size, size)) if progress else None)
         result.spans = stats["spans"]
         result.lost = stats["lost"]

@@ -368,8 +368,10 @@ def decode(t: pa.Table) -> RawChunk:
     waits = _decoded(decode_waits, t.filter(is_wait))
     other = t.filter(pc.invert(pc.or_(pc.or_(is_spte, is_pt), is_wait)))
     calls, rest = decode_kprobes(other) if other.num_rows else (_decoded(_kprobe_calls, other), other)
-    # 5.10: a kprobe on __handle_changed_spte carries the SPTE change fields.
-    is_h = calls["function"].isin(SPTE_CHANGE_FUNCTIONS) & ~calls["is_return"]
+    # 5.10: a kprobe on __handle_changed_spte carries the SPTE change fields - only where the kernel has no
+    # kvm_tdp_mmu_spte_changed tracepoint: 7.3 has a new __handle_changed_spte that fires that tracepoint itself,
+    # so next to the tracepoint's events its calls are kept as markers, never counted twice.
+    is_h = calls["function"].isin(SPTE_CHANGE_FUNCTIONS) & ~calls["is_return"] & (not is_spte_any)
     if is_h.any():
         h = calls[is_h]
         extra = pd.DataFrame({

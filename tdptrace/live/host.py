@@ -38,6 +38,7 @@ ZAP_FUNCTIONS: tuple[str, ...] = tuple(f for f in PREFERRED_SPAN_FUNCTIONS if f 
 YIELD_FUNCTIONS: tuple[str, ...] = tuple(sorted(_YIELDS))
 # 5.10 has no kvm_tdp_mmu_spte_changed tracepoint; a kprobe here gives the same fields.
 SPTE_FALLBACK_FUNCTION = "__handle_changed_spte"
+SPTE_FALLBACK_PARAMS = ("kvm", "as_id", "gfn", "old_spte", "new_spte", "level")
 
 
 @dataclass
@@ -516,7 +517,11 @@ def check_host(env: Optional[HostEnv] = None) -> HostReport:
         "fentry": bcc_ok and fentry.status == OK,
     }
     have_spte_tp = tracefs is not None and _is_dir(tracefs / "events/kvmmmu/kvm_tdp_mmu_spte_changed")
-    have_fallback = bool(symbols.get(SPTE_FALLBACK_FUNCTION)) and methods["kprobes"]
+    # __handle_changed_spte is 5.10's SPTE source only where it has that meaning: no tracepoint, and arguments
+    # (kvm, as_id, gfn, old_spte, new_spte, level) in that order (7.3 has a new function of the same name).
+    fallback = arguments.functions.get(SPTE_FALLBACK_FUNCTION)
+    have_fallback = (methods["kprobes"] and not have_spte_tp and fallback is not None and fallback.exists
+                     and (fallback.param_names or ())[:6] == SPTE_FALLBACK_PARAMS)
     attach_tp = methods["bcc_tracepoints"] or methods["ftrace"]
     zap_ok = (attach_tp and have_spte_tp) or have_fallback
     zap_syms_ok = any(symbols.get(n) for n in ZAP_FUNCTIONS)

@@ -51,15 +51,21 @@ def test_legacy_encoding_before_5_13(tmp_path):
     """5.10-5.12: present = non-zero, not MMIO, not the 5.11 removed value; bit 11 means nothing."""
     ro_leaf = (9 << 12) | 0x5          # present, read-only, no bit 11
     mmio = (3 << 52) | 0x1234          # an MMIO SPTE
-    t = Trace()
-    t.spte(0x1, 1, ro_leaf, 0)         # zap under the legacy rule only
-    t.spte(0x2, 1, mmio, 0)            # MMIO is not present: no zap
-    t.spte(0x3, 1, leaf4k(3), 1 << 59) # to the 5.11 removed value: zap
-    legacy = summarize(tmp_path, t, kernel="5.10.0-32-amd64", name="legacy")
-    modern = summarize(tmp_path, t, kernel="6.1.0-1-amd64", name="modern")
+
+    def trace(removed: int) -> Trace:
+        t = Trace()
+        t.spte(0x1, 1, ro_leaf, 0)         # zap under the legacy rule only
+        t.spte(0x2, 1, mmio, 0)            # MMIO is not present: no zap
+        t.spte(0x3, 1, leaf4k(3), removed)  # zap to 5.11's removed value (only 5.11-5.12 write it)
+        return t
+
+    legacy = summarize(tmp_path, trace(1 << 59), kernel="5.11.0-1-amd64", name="legacy")
+    modern = summarize(tmp_path, trace(0), kernel="6.1.0-1-amd64", name="modern")
     assert legacy["zaps_by_level"] == {"1": {"leaf": 2, "nonleaf": 0}}
     assert legacy["capture"]["spte_encoding"] == "legacy"
     assert modern["zaps_by_level"] == {"1": {"leaf": 1, "nonleaf": 0}}
+    with pytest.raises(tdptrace.errors.TdpError, match="the removed marker 1<<59 in SPTEs"):
+        summarize(tmp_path, trace(1 << 59), kernel="6.1.0-1-amd64", name="refused")
 
 
 def test_5_10_handle_changed_spte_kprobe_is_an_spte_change(tmp_path):
@@ -71,6 +77,16 @@ def test_5_10_handle_changed_spte_kprobe_is_an_spte_change(tmp_path):
     s = summarize(tmp_path, t, kernel=None)
     assert s["zaps_by_level"] == {"1": {"leaf": 1, "nonleaf": 0}, "2": {"leaf": 0, "nonleaf": 1}}
     assert s["capture"]["spte_encoding"] == "legacy"
+
+
+def test_7_3_handle_changed_spte_next_to_the_tracepoint_is_not_a_second_spte_source(tmp_path):
+    """7.3 has a new __handle_changed_spte that itself fires kvm_tdp_mmu_spte_changed: counted once."""
+    t = Trace()
+    t.raw("        qemu-100     [000] ...1.     1.000001: hcs: (__handle_changed_spte+0x0/0x580 [kvm]) "
+          "as_id=0x0 gfn=0x20 old_spte=0x1234067 new_spte=0x0 level=1")
+    t.spte(0x20, 1, leaf4k(1), 0x80000000000001A0)
+    s = summarize(tmp_path, t, kernel="7.3.4+deb14-amd64")
+    assert s["zaps_by_level"] == {"1": {"leaf": 1, "nonleaf": 0}}
 
 
 def test_nested_spans_each_measured_on_its_own(tmp_path):
