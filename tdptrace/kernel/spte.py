@@ -17,7 +17,8 @@ LEVEL_SIZE: dict[int, str] = {1: "4K", 2: "2M", 3: "1G", 4: "512G", 5: "256T"}
 ENTRIES_PER_TABLE = 512
 PAGE_SIZE = 4096
 
-# Since Linux v5.13 a shadow-present SPTE has bit 11 set (SPTE_MMU_PRESENT_MASK); the removed (later "frozen") marker 0x5a0 / 0x80000000000005a0 does not.
+# Since Linux v5.13 a shadow-present SPTE has bit 11 set (SPTE_MMU_PRESENT_MASK); the removed (later "frozen")
+# markers 0x5a0 / 0x80000000000005a0 / 7.3's 0x80000000000001a0 do not.
 SPTE_MMU_PRESENT_MASK = np.uint64(1 << 11)
 # Leaf at level > 1 when PT_PAGE_SIZE_MASK (bit 7) is set.
 PT_PAGE_SIZE_MASK = np.uint64(1 << 7)
@@ -26,6 +27,13 @@ PT_PAGE_SIZE_MASK = np.uint64(1 << 7)
 LEGACY_SPECIAL_MASK = np.uint64(3 << 52)
 LEGACY_MMIO_VALUE = np.uint64(3 << 52)
 LEGACY_REMOVED_SPTE = np.uint64(1 << 59)
+# Values written into an SPTE while the subtree below it is torn down, by era, and 6.10's plain non-present
+# value; none is present under its era's rule (probes/spte.bpf.h has the same constants). kernel.validate
+# uses them to tell a trace's era.
+REMOVED_SPTE_5_13 = 0x5A0                      # 5.13 - 6.9
+FROZEN_SPTE_6_10 = 0x80000000000005A0          # 6.10 on (FROZEN_SPTE from 6.11)
+FROZEN_SPTE_7_3 = 0x80000000000001A0           # Debian's 7.3.4 build: no 0x...5a0 left in its kvm.ko
+SHADOW_NONPRESENT_VALUE = 0x8000000000000000   # non-present from 6.10 (0 before)
 # Child page table pfn of a non-leaf SPTE: bits 51:12.
 PFN_MASK = np.uint64(((1 << 52) - 1) & ~((1 << 12) - 1))
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tdptrace.errors import BadInput
+from tdptrace.kernel import spte
 from tdptrace.kernel.release import Version, parse_version
 from tdptrace.kernel.symbols import base_symbol
 
@@ -48,11 +49,11 @@ FUNCTION_ERAS: dict[str, tuple[Version, Version]] = {
 
 # Values only one era writes into an SPTE (new value of a change) -> [since, until), and what they are.
 MARKER_ERAS: dict[int, tuple[Version, Version, str]] = {
-    1 << 59: ((5, 11), (5, 13), "the removed marker 1<<59"),
-    0x5A0: ((5, 13), (6, 10), "the removed marker 0x5a0"),
-    0x80000000000005A0: ((6, 10), (7, 3), "the frozen marker 0x80000000000005a0"),
-    0x80000000000001A0: ((7, 1), _OPEN, "the frozen marker 0x80000000000001a0"),
-    0x8000000000000000: ((6, 10), _OPEN, "the non-present value 1<<63"),
+    int(spte.LEGACY_REMOVED_SPTE): ((5, 11), (5, 13), "the removed marker 1<<59"),
+    spte.REMOVED_SPTE_5_13: ((5, 13), (6, 10), "the removed marker 0x5a0"),
+    spte.FROZEN_SPTE_6_10: ((6, 10), (7, 3), "the frozen marker 0x80000000000005a0"),
+    spte.FROZEN_SPTE_7_3: ((7, 1), _OPEN, "the frozen marker 0x80000000000001a0"),
+    spte.SHADOW_NONPRESENT_VALUE: ((6, 10), _OPEN, "the non-present value 1<<63"),
 }
 _MARKERS = np.array(sorted(MARKER_ERAS), dtype=np.uint64)
 

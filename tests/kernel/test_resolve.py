@@ -126,3 +126,45 @@ def test_lab_probes_take_arguments_from_the_guest_package_btf():
     assert "p:tdp/kvm_tdp_mmu_zap_leafs kvm_tdp_mmu_zap_leafs" in bare.lines
     assert "stable backport" in bare.skipped["kvm_tdp_mmu_zap_leafs args"]
     assert bare.arguments["__tdp_mmu_zap_root"]["source"] == "table"
+
+
+def _lab_kernel(name: str):
+    """A matrix kernel from the lab's cache (downloaded on first use); skipped only when the archive is unreachable."""
+    from tdptrace.errors import MissingCapability
+    from tdptrace.lab import kernels
+
+    try:
+        return kernels.fetch(name)
+    except MissingCapability as exc:
+        pytest.skip(f"Debian archive unreachable for lab kernel {name}: {exc.line()}")
+
+
+def test_510_kvm_ko_has_no_btf_so_the_table_speaks_with_its_flush_backport():
+    k = _lab_kernel("5.10")
+    kb = R.package_btf(k.vmlinuz, k.kvm_ko)
+    assert kb.kvm is None and kb.vmlinux is not None  # module BTF came with 5.11
+    res = R.resolve(NAMES + ["zap_gfn_range"], k.release, None, kb)
+    z = res["zap_gfn_range"]
+    assert z.source == Source.TABLE and [z.register(p) for p in ("root", "start", "end", "can_yield", "flush")] == [
+        "si", "dx", "cx", "r8", "r9"]
+    h = res["__handle_changed_spte"]
+    assert h.source == Source.TABLE and h.param_names == ("kvm", "as_id", "gfn", "old_spte", "new_spte", "level")
+    assert res["__cond_resched_lock"].source == Source.BTF  # the core kernel's yield point: vmlinux BTF
+    assert not res["__cond_resched_rwlock_read"].exists
+
+
+def test_617_and_73_signatures_from_their_btf():
+    for name in ("6.17", "7.3"):
+        k = _lab_kernel(name)
+        res = R.resolve(NAMES, k.release, None, R.package_btf(k.vmlinuz, k.kvm_ko))
+        inv = res["kvm_tdp_mmu_zap_invalidated_roots"]
+        assert (inv.source, inv.param_names, inv.register("shared")) == (Source.BTF, ("kvm", "shared"), "si"), name
+        root = res["__tdp_mmu_zap_root"]
+        assert [root.register(p) for p in ("shared", "zap_level")] == ["dx", "cx"], name
+        leafs = res["tdp_mmu_zap_leafs"]
+        assert [leafs.register(p) for p in ("start", "end", "can_yield", "flush")] == ["dx", "cx", "r8", "r9"], name
+        assert res["tdp_mmu_zap_root"].param_names == ("kvm", "root", "shared"), name
+    assert res["kvm_tdp_mmu_zap_possible_nx_huge_page"].exists and not res["kvm_tdp_mmu_zap_sp"].exists
+    # 7.3's __handle_changed_spte is another function: its second parameter is the page, not as_id.
+    h = res["__handle_changed_spte"]
+    assert h.param_names == ("kvm", "sp", "gfn", "old_spte", "new_spte", "level", "shared")

@@ -110,8 +110,6 @@ def test_a_header_drifting_from_python_is_caught(tmp_path):
 
 # spte.bpf.h constant -> the value tdptrace/kernel/spte.py (or the simulator writing traces) decides by.
 def _spte_mirror() -> dict[str, int]:
-    from tdptrace.sim.strategies import FourPass, Strategy
-
     return {
         "PT64_ROOT_MAX_LEVEL": spte.MAX_LEVEL, "SPTE_ENT_PER_PAGE": spte.ENTRIES_PER_TABLE,
         "SPTE_LEVEL_BITS": int(np.log2(spte.ENTRIES_PER_TABLE)),
@@ -119,13 +117,18 @@ def _spte_mirror() -> dict[str, int]:
         "SPTE_MMU_PRESENT_MASK": int(spte.SPTE_MMU_PRESENT_MASK), "PT_PAGE_SIZE_MASK": int(spte.PT_PAGE_SIZE_MASK),
         "LEGACY_SPECIAL_MASK": int(spte.LEGACY_SPECIAL_MASK), "LEGACY_MMIO_VALUE": int(spte.LEGACY_MMIO_VALUE),
         "LEGACY_REMOVED_SPTE": int(spte.LEGACY_REMOVED_SPTE),
-        # the markers the simulator writes for its eras, and Debian's 7.3.4 build's
-        "REMOVED_SPTE_5_13": Strategy.removed_spte, "FROZEN_SPTE_6_10": FourPass.removed_spte,
-        "SHADOW_NONPRESENT_VALUE": FourPass.nonpresent_spte, "FROZEN_SPTE_7_3": 0x80000000000001A0,
+        # the markers by era, Debian's 7.3.4 build's included
+        "REMOVED_SPTE_5_13": spte.REMOVED_SPTE_5_13, "FROZEN_SPTE_6_10": spte.FROZEN_SPTE_6_10,
+        "SHADOW_NONPRESENT_VALUE": spte.SHADOW_NONPRESENT_VALUE, "FROZEN_SPTE_7_3": spte.FROZEN_SPTE_7_3,
     }
 
 
 def test_spte_bpf_h_constants_are_kernel_spte_py():
+    from tdptrace.sim.strategies import FourPass, Strategy
+
+    # the simulator writes the markers spte.py knows
+    assert (Strategy.removed_spte, FourPass.removed_spte, FourPass.nonpresent_spte) == (
+        spte.REMOVED_SPTE_5_13, spte.FROZEN_SPTE_6_10, spte.SHADOW_NONPRESENT_VALUE)
     for present_bit in (0, 1):
         assert _diff(_spte_mirror(), header_macros(PROBES / "spte.bpf.h", {"TDP_PRESENT_BIT": present_bit})) == []
 
