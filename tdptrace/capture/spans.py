@@ -111,8 +111,16 @@ def _innermost(points: pd.DataFrame, spans: pd.DataFrame) -> np.ndarray:
         return np.full(len(points), -1, dtype=np.int64)
     p = points[["tid", "seq"]].copy()
     p["_row"] = np.arange(len(p))
+    known = p["seq"].notna().to_numpy()  # a point with no position (a return seen without its entry) is in no span
+    out = np.full(len(points), -1, dtype=np.int64)
+    if not known.all():
+        inner = _innermost(points[known], spans)
+        out[known] = inner
+        return out
+    p["seq"] = p["seq"].astype(np.int64)
     p = p.sort_values("seq")
-    s = spans[["span_id", "tid", "seq"]].rename(columns={"span_id": "cand"}).sort_values("seq")
+    s = spans[["span_id", "tid", "seq"]].rename(columns={"span_id": "cand"})
+    s = s[s["seq"].notna()].astype({"seq": np.int64}).sort_values("seq")
     m = pd.merge_asof(p, s, on="seq", by="tid", direction="backward")
     cand = m["cand"].fillna(-1).to_numpy(np.int64, copy=True)  # written below; pandas may hand out a read-only view
     end = spans.set_index("span_id")["attr_end"]

@@ -82,3 +82,19 @@ def test_ancestor_pairs_walks_to_the_top():
     parent = pd.Series(pd.array([pd.NA, 0, 1], dtype="Int64"), index=[0, 1, 2])
     pairs = ancestor_pairs(np.array([2, -1, 0]), parent)
     assert sorted(map(tuple, pairs[["span_id", "i"]].to_numpy().tolist())) == [(0, 0), (0, 2), (1, 0), (2, 0)]
+
+
+def test_a_point_without_a_position_is_in_no_span_and_the_others_still_are():
+    """A yield return seen without its entry has no seq: it belongs to no span (and merge_asof, which needs
+    sorted keys without gaps, is not handed it); the points around it are placed as before."""
+    import numpy as np
+    import pandas as pd
+
+    from tdptrace.capture.spans import _innermost
+
+    spans = pd.DataFrame({"span_id": [0, 1], "tid": [7, 7], "seq": [10, 20], "attr_end": [100, 30],
+                          "parent_id": pd.array([pd.NA, 0], dtype="Int64"), "depth": [0, 1]})
+    points = pd.DataFrame({"tid": [7, 7, 7, 7], "seq": pd.array([25, pd.NA, 50, 5], dtype="Int64")})
+    assert _innermost(points, spans).tolist() == [1, -1, 0, -1]
+    assert _innermost(points.iloc[[0, 2, 3]], spans).tolist() == [1, 0, -1]
+    assert isinstance(_innermost(points, spans), np.ndarray)
