@@ -1,0 +1,46 @@
+"""`tdptrace record` (the wheel installed in the lab's rootfs) inside real TDP MMU guests agrees with the lab's
+own tracefs capture of the same run: the ftrace backend on every lab kernel, BCC (kprobes) on 6.12 and 6.1.
+
+Each run is small (16 MiB): what is checked is that every figure both captures give is the same - zaps by
+level, page tables, lost events, and per zap function the spans, their zaps by level, yields, retained tables
+and longest gaps (within the probe skew the run measures) - not the workload's size.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tdptrace.lab.scenario import Scenario
+
+from .conftest import KERNELS
+
+pytestmark = pytest.mark.lab
+
+RECORD_MIB = 16
+BCC_KERNELS = ("6.1", "6.12")
+
+
+def _check(r) -> None:
+    rec = r.record
+    assert rec is not None
+    bad = [f for f in rec["figures"] if not f["same"]]
+    assert rec["agree"] and not bad, bad
+    figures = {f["figure"]: f for f in rec["figures"]}
+    zaps = figures["zaps by level"]["recorder"]
+    assert zaps["1"]["leaf"] > 0  # the workload zapped and the recorder saw it
+    both = figures["zap functions traced by both"]
+    assert set(both["tracefs"]) & set(both["recorder"])  # spans were compared, not skipped
+    assert any(k.endswith(": longest gap per span (ns)") for k in figures)
+    assert rec["recorder_summary"]["lost_events"] == 0
+    assert rec["start_s"] is not None and rec["start_s"] > 0
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_ftrace_recorder_agrees_with_tracefs(lab_run, kernel):
+    _check(lab_run(Scenario(kernel=kernel, mib=RECORD_MIB, record="ftrace")))
+
+
+@pytest.mark.parametrize("kernel", BCC_KERNELS)
+def test_bcc_recorder_agrees_with_tracefs(lab_run, kernel):
+    r = lab_run(Scenario(kernel=kernel, mib=RECORD_MIB, record="bcc"))
+    _check(r)
+    assert r.record["recorder_summary"]["capabilities"]["spans"]

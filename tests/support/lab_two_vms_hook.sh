@@ -1,0 +1,40 @@
+#!/bin/sh
+# Lab hook of tests/lab/test_lab_two_vms.py (runs in the guest's initramfs before the lab's own workload):
+# two VMMs (kvmtouch A, 16 MiB, and B, 24 MiB) run at once while `tdptrace record -p A` (the wheel installed
+# in the rootfs) records; the command record runs asks the kernel to compact memory over and over, so that
+# pages of both VMs are migrated and their SPTEs zapped by that task, not by either VMM.
+O=/share/out/twovms
+R=/rootfs
+mkdir -p $O
+for d in proc sys dev share; do mkdir -p "$R/$d"; done
+mount -t proc proc "$R/proc"
+mount -o rbind /sys "$R/sys"
+mount -o bind /dev "$R/dev"
+mount -o bind /share "$R/share"
+mount -t tracefs tracefs "$R/sys/kernel/tracing" 2>/dev/null
+
+# Each VMM waits for the recorder (its pid is known before it starts: exec keeps it).
+sh -c "until [ -e $O/go ]; do sleep 0.2; done; exec /kvmtouch 16 0 1 0 0" > $O/a.txt 2>&1 &
+A=$!
+sh -c "until [ -e $O/go ]; do sleep 0.2; done; exec /kvmtouch 24 0 1 0 0" > $O/b.txt 2>&1 &
+B=$!
+echo "$A $B" > $O/pids
+# What record runs: start both VMMs, then compact memory until both have ended (exited, or zombies that
+# this hook reaps afterwards).
+cat > $O/compact.sh <<EOF
+#!/bin/sh
+alive() { [ -e /proc/\$1 ] && ! grep -q '^State:[[:space:]]*Z' /proc/\$1/status; }
+echo \$\$ > /share/out/twovms/compactor
+touch /share/out/twovms/go
+while alive $A || alive $B; do
+  echo 1 > /proc/sys/vm/compact_memory
+  sleep 0.3
+done
+EOF
+chmod +x $O/compact.sh
+chroot $R /bin/sh -c "export PATH=/opt/tdptrace/bin:/usr/sbin:/usr/bin:/sbin:/bin; exec tdptrace record -q --backend bcc -p $A -o /share/out/twovms/a.tdp -- /share/out/twovms/compact.sh" > $O/record.log 2>&1
+echo $? > $O/record_status
+wait
+umount "$R/share" "$R/dev" "$R/proc" 2>/dev/null
+umount -l "$R/sys" 2>/dev/null
+cat /proc/uptime > /share/out/hook_ready
