@@ -163,7 +163,11 @@ class ProbePlan:
                 entry, ret = ("fentry", "fexit") if self.yield_methods.get(y) == "fentry" else ("kprobe", "kretprobe")
                 attached += [f"{entry}:{y}", f"{ret}:{y}"]
             attached += [f"kprobe:{f.symbol}" for f in self.vmm_calls]
-        arguments = {f.name: f.to_meta() for f in self.span_functions + self.vmm_calls}
+        # Every function the kernel has, attached or not (method None), with where its arguments came from.
+        arguments: dict[str, Any] = {}
+        if self.arguments is not None:
+            arguments = {r.name: r.to_meta() | {"method": None} for r in self.arguments.present()}
+        arguments |= {f.name: f.to_meta() for f in self.span_functions + self.vmm_calls}
         if self.arguments is not None:
             for y in self.yield_functions:
                 arguments[y] = self.arguments[y].to_meta() | {"method": self.yield_methods.get(y, "kprobe")}

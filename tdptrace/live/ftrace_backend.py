@@ -52,7 +52,8 @@ def kprobe_definitions(plan: ProbePlan, group: str) -> list[str]:
             if reg is not None:
                 regs.append(f"{name}=%{reg}" + (":u64" if name in ("start", "end") else ""))
         lines.append(f"p:{group}/span{i} {f.symbol} {' '.join(regs)}".rstrip())
-        lines.append(f"r:{group}/span{i}_ret {f.symbol}{RETVAL_ARG}")
+        void = f.resolved is not None and f.resolved.returns == "void"  # BTF says so: no $retval to ask for
+        lines.append(f"r:{group}/span{i}_ret {f.symbol}{'' if void else RETVAL_ARG}")
     if plan.spte_fallback is not None:  # SPTE changes before 5.11, decoded like the tracepoint's fields
         f = plan.spte_fallback
         regs = [(a, f.register(a)) for a in SPTE_FALLBACK_ARGS]

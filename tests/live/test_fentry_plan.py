@@ -103,3 +103,15 @@ def test_stubs_compile_with_bcc_and_a_refusing_kernel_falls_back_to_kprobes(tmp_
         assert set(plan.yield_methods.values()) == {"kprobe"}
     finally:
         rec.bpf.cleanup()
+
+
+def test_ftrace_return_probes_ask_for_retval_only_where_btf_says_there_is_one(tmp_path):
+    from tdptrace.live.ftrace_backend import kprobe_definitions
+
+    plan = plan_probes(host.check_host(env(make_host(tmp_path / "host"))))
+    plan.kprobes_only()
+    lines = kprobe_definitions(plan, "g")
+    by_symbol = {ln.split()[1]: ln for ln in lines if ln.startswith("r:")}
+    assert by_symbol["kvm_tdp_mmu_zap_all"].endswith("kvm_tdp_mmu_zap_all")  # void in its BTF
+    assert by_symbol["tdp_mmu_zap_leafs"].endswith(" ret=$retval")  # returns bool (the flush still due)
+    assert by_symbol["__cond_resched_rwlock_read"].endswith(" ret=$retval")

@@ -107,6 +107,10 @@ def test_record_exercise_equals_a_tracefs_witness(tmp_path, backend):
         assert s["spans"] == [] and "unavailable" in s["yields"]
         assert any("unavailable" in n for n in meta.notes)
         assert any(m["reason"] == "no kprobes on this kernel" for m in meta.probes["missing"])
+    if Path("/sys/kernel/btf/vmlinux").exists():  # per function: where its arguments came from, how attached
+        y = meta.probes["arguments"]["__cond_resched_rwlock_read"]
+        assert y["source"] == "BTF" and y["params"] == [["lock", "rwlock_t *"]]
+        assert y["method"] == (None if not meta.capabilities["spans"] else y["method"])
     if backend == "ftrace":  # its private instance is gone (any left belong to recorders still running)
         left = [d.name.split("-")[1] for d in (TRACEFS / "instances").glob("tdptrace-*")]
         assert all(Path(f"/proc/{p}").exists() for p in left)

@@ -79,18 +79,22 @@ class TypedBuilder(Builder):
 
 
 def host_btf(vmlinux_funcs: dict[str, list[tuple[str, str]]],
-             kvm_funcs: dict[str, list[tuple[str, str]]]) -> tuple[bytes, bytes]:
-    """(vmlinux BTF, kvm module BTF split over it) describing the given functions."""
+             kvm_funcs: dict[str, list[tuple[str, str]]], returns: dict[str, str] | None = None) -> tuple[bytes, bytes]:
+    """(vmlinux BTF, kvm module BTF split over it) describing the given functions (kvm's return void unless
+    `returns` names their return type; vmlinux's return int)."""
     base = TypedBuilder()
     base.ctype("struct kvm *")
     for name, params in vmlinux_funcs.items():
         base.function(name, params, "int")
     split = TypedBuilder(base)
     for name, params in kvm_funcs.items():
-        split.function(name, params)
+        split.function(name, params, (returns or {}).get(name, "void"))
     return base.bytes(), split.bytes()
 
 
+# Return types of the 6.1 functions that return something (the rest are void).
+BTF_61_RETURNS = {"tdp_mmu_zap_leafs": "bool", "kvm_tdp_mmu_zap_leafs": "bool", "kvm_arch_init_vm": "int",
+                  "kvm_arch_prepare_memory_region": "int"}
 KVM = ("kvm", "struct kvm *")
 ROOT = ("root", "struct kvm_mmu_page *")
 # Debian 6.1.0-56's own BTF (kvm.ko .BTF) for the functions the fake 6.1 host has.

@@ -9,7 +9,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from btfgen import BTF_61_KVM, BTF_61_VMLINUX, host_btf
+from btfgen import BTF_61_KVM, BTF_61_RETURNS, BTF_61_VMLINUX, host_btf
 
 from tdptrace.live.host import KVMMMU_EVENTS, HostEnv
 
@@ -66,7 +66,7 @@ def make_host(root: Path, release: str = RELEASE, kallsyms: str = KALLSYMS_61, k
         ("CONFIG_KPROBES=y\n" if kprobes else "# CONFIG_KPROBES is not set\n").encode()
         + b"CONFIG_DEBUG_INFO_BTF=y\n"))
     write(root / "proc/kallsyms", kallsyms)
-    vmlinux_btf, kvm_btf = host_btf(BTF_61_VMLINUX, BTF_61_KVM)
+    vmlinux_btf, kvm_btf = host_btf(BTF_61_VMLINUX, BTF_61_KVM, BTF_61_RETURNS)
     write(root / "sys/kernel/btf/vmlinux", vmlinux_btf)
     write(root / "sys/kernel/btf/kvm", kvm_btf)
     tfs = root / "sys/kernel/tracing"
