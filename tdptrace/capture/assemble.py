@@ -122,7 +122,8 @@ class Assembler:
             parts = [pa.Table.from_pandas(df[MARKERS.names], schema=MARKERS, preserve_index=False) for df in markers]
             m = pa.concat_tables(parts + [t.cast(MARKERS) for t in self.marker_tables])
             self.writer.append("markers", m.take(pc.sort_indices(m, [("seq", "ascending")])))
-        self.writer.append("waits", self.waits.close())
+        if self.waits.seen_lock or self.waits.seen_fault:  # nothing can be open otherwise
+            self.writer.append("waits", self.waits.close())
         if self.waits.lost_ends:
             meta.notes.append(f"{self.waits.lost_ends} lock contention waits lost their contention_end event and "
                               "were left out")
