@@ -16,6 +16,7 @@ from tdptrace.capture import CaptureMeta, CaptureWriter, default_host
 from tdptrace.capture.assemble import Assembler
 from tdptrace.errors import BadInput, OutputFull
 from tdptrace.importers import fastscan, formats, tracefs
+from tdptrace.importers.fastscan import Scanned
 from tdptrace.importers.decode import RawChunk, decode
 from tdptrace.importers.reader import (
     BLOCK_BYTES,
@@ -72,41 +73,24 @@ def detect_format(path: Path) -> str:
                    "expected tracefs trace/trace_pipe text, 'trace-cmd report' or 'perf script' output")
 
 
-@dataclass
-class _Decoded:
-    """One block read: what the import counts, and its events decoded (None when it held none)."""
-
-    events: int
-    unparsed: int
-    unparsed_example: str
-    comment_lines: int
-    header_overrun: int
-    lost: list[tuple[int, int, int]]
-    chunk: RawChunk | None
-
-
-def _pure(parser, data: bytes) -> _Decoded:
+def _pure(parser, data: bytes) -> Scanned:
+    """One block read by the pure line parser of the format, in the native scanner's terms."""
     parsed = parser(tracefs.split_lines(data), 0)
     n = parsed.events.num_rows
-    return _Decoded(n, parsed.unparsed, parsed.unparsed_example, parsed.comment_lines,
-                    parsed.header_overrun, parsed.lost, decode(parsed.events) if n else None)
+    return Scanned(n, parsed.unparsed, parsed.unparsed_example, parsed.comment_lines,
+                   parsed.header_overrun, parsed.lost, decode(parsed.events) if n else None)
 
 
-def _parsed_blocks(path: Path, parser, native: bool) -> Iterator[tuple[Block, _Decoded | None]]:
+def _parsed_blocks(path: Path, parser, native: bool) -> Iterator[tuple[Block, Scanned | None]]:
     """Parse and decode the file block by block (one block in memory at a time), numbering each from 0.
     With the native scanner (tracefs text), the next block is read and scanned on a second thread while
     this one is decoded and written."""
     from concurrent.futures import ThreadPoolExecutor
 
-
-    def read(block: Block) -> tuple[Block, _Decoded | None]:
+    def read(block: Block) -> tuple[Block, Scanned | None]:
         if not block.data:
             return block, None
-        if native:
-            s = fastscan.scan_block(block.data)
-            return block, _Decoded(s.events, s.unparsed, s.unparsed_example, s.comment_lines, s.header_overrun,
-                                   s.lost, s.chunk)
-        return block, _pure(parser, block.data)
+        return block, fastscan.scan_block(block.data) if native else _pure(parser, block.data)
 
     if not native:
         for block in blocks(path):
@@ -114,7 +98,7 @@ def _parsed_blocks(path: Path, parser, native: bool) -> Iterator[tuple[Block, _D
         return
     it = blocks(path)
 
-    def step() -> tuple[Block, _Decoded | None] | None:
+    def step() -> tuple[Block, Scanned | None] | None:
         block = next(it, None)
         return None if block is None else read(block)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -31,14 +32,22 @@ def frame(rows: list[tuple[int, int, int, int, int]]) -> pd.DataFrame:
                          "level": level.astype(np.uint8), "old_spte": old, "new_spte": new})
 
 
+@contextmanager
+def pure_path():
+    """The numpy definitions instead of the compiled passes (hypothesis runs many cases per test, so no
+    function-scoped monkeypatch)."""
+    os.environ["TDPTRACE_PURE"] = "1"
+    try:
+        yield
+    finally:
+        del os.environ["TDPTRACE_PURE"]
+
+
 def both(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     cls = classify(df, Encoding.PRESENT_BIT)
     native = retained_series(df, cls)
-    os.environ["TDPTRACE_PURE"] = "1"
-    try:
+    with pure_path():
         pure = retained_series(df, cls)
-    finally:
-        del os.environ["TDPTRACE_PURE"]
     assert native.root_level == pure.root_level
     return native.changes, pure.changes
 
@@ -78,9 +87,6 @@ def test_out_of_order_rows_take_the_numpy_path():
 def test_classify_same_columns(rows, encoding):
     df = frame(rows)
     native = classify(df, encoding)
-    os.environ["TDPTRACE_PURE"] = "1"
-    try:
+    with pure_path():
         pure = classify(df, encoding)
-    finally:
-        del os.environ["TDPTRACE_PURE"]
     pd.testing.assert_frame_equal(native, pure)
