@@ -134,3 +134,34 @@ def era_behaviour(release: Optional[str]) -> Optional[EraBehaviour]:
         if lo <= v < hi:
             return b
     return None
+
+
+# From 6.11 (commit c793a62823d1) rwlock_needbreak() also asks the preemption model in force; before it, only
+# whether the kernel was built with CONFIG_PREEMPTION (which PREEMPT_DYNAMIC selects). docs/kernel.md "Yields".
+NEEDBREAK_ASKS_MODEL_SINCE: Version = (6, 11)
+_PREEMPTIBLE = ("full", "lazy", "rt")
+
+
+def contention_yields(release: Optional[str], preempt_built: Optional[str],
+                      preempt_dynamic: Optional[bool]) -> tuple[Optional[bool], str]:
+    """Whether a zap on this build also yields because another task waits for mmu_lock (rwlock_needbreak),
+    not only on need_resched; None when the build does not say. With a sentence saying why."""
+    v = parse_version(release)
+    if v is None or preempt_built is None:
+        return None, "unknown: the release or the kernel's preemption config is not known"
+    built = preempt_built
+    if v < NEEDBREAK_ASKS_MODEL_SINCE:
+        if built in _PREEMPTIBLE or preempt_dynamic:
+            why = "PREEMPT_DYNAMIC selects CONFIG_PREEMPTION" if preempt_dynamic and built not in _PREEMPTIBLE \
+                else f"built preempt={built}"
+            return True, f"yes: before 6.11 contention counts on any CONFIG_PREEMPTION kernel ({why})"
+        return False, f"no: built preempt={built} without PREEMPT_DYNAMIC; only need_resched makes a zap yield"
+    if built in _PREEMPTIBLE:
+        boot = "; a PREEMPT_DYNAMIC boot with preempt=none/voluntary turns it off" if preempt_dynamic else ""
+        lazy = " (Debian builds 6.16 and later this way)" if built == "lazy" else ""
+        return True, f"yes: built preempt={built}{lazy}, and from 6.11 contention counts under full or lazy " \
+                     f"preemption{boot}"
+    if preempt_dynamic:
+        return False, (f"no by default: built preempt={built}; from 6.11 contention counts only when booted with "
+                       "preempt=full or preempt=lazy")
+    return False, f"no: built preempt={built}; only need_resched makes a zap yield"

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 from tdptrace.kernel.btf import BtfError
 from tdptrace.kernel.functions import PREFERRED_SPAN_FUNCTIONS, VMM_CALLS
 from tdptrace.kernel.functions import YIELD_FUNCTIONS as _YIELDS
+from tdptrace.kernel.mmu_lock import contention_yields
 from tdptrace.kernel.release import parse_version, ringbuf_supported
 from tdptrace.kernel.resolve import Resolution, Source, resolve, running_btf
 from tdptrace.kernel.symbols import copies_of, listed_functions, text_symbols_named
@@ -485,6 +486,17 @@ def check_arguments(env: HostEnv, release: str, found: dict[str, list[str]]) -> 
     return Check("arguments", status, btf_note + "; ".join(parts)), res
 
 
+def check_contention(release: str, config: Optional[dict[str, str]]) -> Check:
+    """Whether a vCPU waiting for mmu_lock makes this kernel's zaps yield (its preemption build), so the
+    yields a recording shows can be read right."""
+    from tdptrace.live.host_limits import preempt_model
+
+    cfg = config or {}
+    dynamic = cfg.get("CONFIG_PREEMPT_DYNAMIC") == "y" if config is not None else None
+    _, why = contention_yields(release, preempt_model(cfg) if config is not None else None, dynamic)
+    return Check("contention yields", INFO, why)
+
+
 # ---- the whole host -----------------------------------------------------------------------------------
 
 def check_host(env: Optional[HostEnv] = None) -> HostReport:
@@ -502,10 +514,11 @@ def check_host(env: Optional[HostEnv] = None) -> HostReport:
     tps = check_tracepoints(tracefs, tfs_row.fix)
     sym_rows, symbols = check_symbols(env, tracefs, tfs_row.fix)
     args_row, arguments = check_arguments(env, release, symbols)
+    contention_row = check_contention(release, config)
     zap_syms = {n: symbols.get(n, []) for n in ZAP_FUNCTIONS if symbols.get(n)}
     fentry = check_fentry(env, release, btf, bcc_mod, zap_syms)
     ring = check_ringbuf(release, bcc_mod)
-    checks = [root, bcc_row, headers, btf, tfs_row, kprobes, fentry, ring, *kvm_rows, tps, *sym_rows, args_row]
+    checks = [root, bcc_row, headers, btf, tfs_row, kprobes, fentry, ring, *kvm_rows, tps, *sym_rows, args_row, contention_row]
 
     is_root = root.ok
     bcc_ok = is_root and bcc_row.status == OK and headers.ok

@@ -338,3 +338,12 @@ def test_unreadable_btf_is_a_warning_not_a_crash(fake: Path) -> None:
     r = check_host(env(fake))
     row = r.check("arguments")
     assert row.status == WARN and "BTF unreadable" in row.detail and "is not BTF" in row.detail
+
+
+def test_contention_row_reads_the_preemption_build(fake: Path) -> None:
+    import gzip as gz
+
+    (fake / "proc/config.gz").write_bytes(gz.compress(b"CONFIG_KPROBES=y\nCONFIG_PREEMPT_VOLUNTARY=y\n"
+                                                     b"CONFIG_PREEMPT_DYNAMIC=y\nCONFIG_PREEMPTION=y\n"))
+    row = check_host(env(fake)).check("contention yields")  # the fake host is 6.1
+    assert row.status == INFO and row.detail.startswith("yes: before 6.11") and "PREEMPT_DYNAMIC" in row.detail
