@@ -35,6 +35,7 @@ class Limits:
     preempt: Optional[str]
     source: str                 # 'recorded on the host', 'given', 'recorded on the host, some given', 'unknown'
     rcu_stall_suppressed: bool = False
+    preempt_dynamic: Optional[bool] = None  # CONFIG_PREEMPT_DYNAMIC (the model can be changed at boot)
 
     @property
     def known(self) -> bool:
@@ -84,7 +85,8 @@ def resolve(recorded: Optional[dict[str, Any]], given: Optional[dict[str, int]] 
     source = ("recorded on the host, some given" if has_rec and giv else "given" if giv else
               "recorded on the host" if has_rec else "unknown")
     return Limits(rcu_ns, exp_ns, soft_ns, hz, rec.get("preempt_built"), source,
-                  rcu_stall_suppressed=vals.get("rcu_cpu_stall_suppress") == 1)
+                  rcu_stall_suppressed=vals.get("rcu_cpu_stall_suppress") == 1,
+                  preempt_dynamic=rec.get("preempt_dynamic"))
 
 
 def distance(hold_ns: int, lim: Limits) -> dict[str, Any]:

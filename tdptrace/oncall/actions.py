@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from tdptrace.kernel.functions import LEAF_ZAP, RANGE_ZAP, ROOT_TEARDOWN, operation_class
-from tdptrace.kernel.mmu_lock import WRITE, era_behaviour
+from tdptrace.kernel.mmu_lock import WRITE, contention_yields, era_behaviour
 
 OPTION = "option"      # a host or VMM setting to change
 KERNEL = "kernel"      # a kernel change (upgrade, backport)
@@ -51,6 +51,7 @@ class Finding:
     waiters_recorded: bool
     capture: str
     guest_size: Optional[str] = None
+    preempt_dynamic: Optional[bool] = None
 
 
 def actions_for(f: Finding) -> list[Action]:
@@ -81,7 +82,8 @@ def actions_for(f: Finding) -> list[Action]:
                           f"tdptrace simulate -o old.tdp --size {size} --scenario delete-slot --strategy "
                           f"{era.strategy} && tdptrace simulate -o new.tdp --size {size} --scenario delete-slot "
                           "--strategy four-pass && tdptrace compare old.tdp new.tdp"))
-    if f.span_yields == 0 and f.can_yield != 0 and f.preempt in (None, "none", "voluntary"):
+    contended, _ = contention_yields(f.release, f.preempt, f.preempt_dynamic)
+    if f.span_yields == 0 and f.can_yield != 0 and f.preempt in (None, "none", "voluntary") and contended is not True:
         built = f"this kernel is built with preempt={f.preempt}" if f.preempt else "on a non-preemptible kernel"
         out.append(Action(OPTION, f"{built} the zap yields only when need_resched is set, never because a vCPU "
                                   "waits for mmu_lock; a PREEMPT_DYNAMIC kernel booted with preempt=full also "

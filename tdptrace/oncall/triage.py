@@ -297,6 +297,7 @@ def _stretch(cap: Capture, g: pd.Series, ev: _TaskEvents, ctx: _Context) -> Stre
     finding = Finding(function=fn, context=context, kind=kind, above_threshold=is_above, lower_bound=lower,
                       lock_mode=lm.mode, span_yields=yields, can_yield=_opt(row["can_yield"]), path_source=source,
                       tid=int(row["tid"]), pid=pid, release=ctx.release, preempt=ctx.limits.preempt,
+                      preempt_dynamic=ctx.limits.preempt_dynamic,
                       imported=ctx.imported, waiters_recorded=ctx.waiters_recorded, capture=str(cap.path),
                       guest_size=ctx.extrapolator.guest_size if ctx.extrapolator else None)
     extra = None
