@@ -59,10 +59,10 @@ def record_cmd(
 
     Stops at Ctrl-C, SIGTERM, -d or the end of COMMAND; every way of stopping leaves a valid capture.
     OVERHEAD: a BPF program runs for every SPTE a zap clears (span state, level counters, the page
-    table's entry count), so zaps get slower while recording: measured on a real TDP MMU under emulation,
-    the default made a 16,384-SPTE madvise zap 2.3x and a root teardown 7.5x slower; --no-spans (no
-    kprobes) 2.1x and 5.4x; --sptes about the same as the default. A zap span is one record however many
-    SPTEs it zaps. Figures and the bench that makes them: bench/RESULTS.md.
+    table's entry count) and kprobes on every zap call and yield point. Measured in the lab under
+    emulation (bench/RESULTS.md): --no-spans cost a root teardown 1.1-3.4x, the default 2.2-6.8x (a 3x
+    drift of the shared host's baseline blurs both); --sptes costs about what the default does. A zap
+    span is one record however many SPTEs it zaps.
     """
     from tdptrace import api
     from tdptrace.live.recording import RecordOptions
