@@ -243,7 +243,12 @@ class Btf:
         ids = self._funcs.get(name)
         if not ids:
             return self.base.function(name) if self.base else None
-        func = self.type(ids[0])
+        found = {self._function(name, i) for i in ids}
+        # Two static functions of one name with different prototypes: BTF cannot say which one a symbol is.
+        return found.pop() if len(found) == 1 else None
+
+    def _function(self, name: str, tid: int) -> Function:
+        func = self.type(tid)
         assert func is not None
         proto = self.type(func.size_or_type)
         if proto is None or proto.kind_name != "func_proto":

@@ -158,8 +158,9 @@ def resolve_function(name: str, release: str, symbols: Iterable[str] | None,
     if btf is not None:
         if func is None:
             return Resolved(name, symbol, Source.NONE, None,
-                            f"{btf.source} does not describe {name} (left out because the compiler changed its "
-                            "parameters): no arguments recorded", copies)
+                            f"{btf.source} does not describe {name} (pahole leaves out a function whose parameters "
+                            "the compiler changed, and BTF cannot tell two static functions of one name apart): no "
+                            "arguments recorded", copies)
         obj = "vmlinux" if btf is kernel_btf.vmlinux else "kvm"
         return Resolved(name, symbol, Source.BTF, func.params, f"parameters from {btf.source}", copies, obj,
                         func.returns)

@@ -94,3 +94,15 @@ def test_running_kernel_btf():
     assert f.returns == "ssize_t"
     y = v.function("__cond_resched_rwlock_read")
     assert [(p.name, p.type, p.fetch_type) for p in y.params] == [("lock", "rwlock_t *", "x64")]
+
+
+def test_one_name_with_two_prototypes_is_not_described():
+    b = Builder()
+    i = b.int_("int", 4, signed=True)
+    b.func("helper", 0, [("a", i)])
+    b.func("helper", 0, [("a", i), ("b", i)])
+    b.func("same", 0, [("a", i)])
+    b.func("same", 0, [("a", i)])  # identical copies (two CUs) are one description
+    parsed = btf.parse(b.bytes(), source="t")
+    assert parsed.function("helper") is None
+    assert parsed.function("same").param_names == ("a",)
