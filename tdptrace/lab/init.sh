@@ -84,6 +84,14 @@ for ev in $EVENTS; do
     fail "tracepoint kvmmmu/$ev missing"
   fi
 done
+if [ "${LOCK_EVENTS:-0}" = 1 ] && [ -d $T/events/lock/contention_begin ]; then
+  # Who waits for a lock (5.19+): spinning rwlock waits only (mmu_lock). Pointers stay hashed: with hash-ptr
+  # off, Debian 6.1 printed kvm_mmu_get_page without its fields or line end (lines lost to the dump).
+  echo "$LOCK_FILTER" > $T/events/lock/contention_begin/filter || fail "cannot filter lock/contention_begin"
+  echo 1 > $T/events/lock/contention_begin/enable
+  echo 1 > $T/events/lock/contention_end/enable
+  EVENTS="$EVENTS lock/contention_begin lock/contention_end"
+fi
 echo "kprobes=$n events=$EVENTS" > $O/tracing_setup.txt
 
 if [ -x /share/hook.sh ]; then

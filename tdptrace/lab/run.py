@@ -21,6 +21,7 @@ from typing import Any
 
 from tdptrace.errors import MissingCapability, TdpError
 from tdptrace.importers.tracefs import ENTRIES_RE
+from tdptrace.kernel.tracefs import CONTENTION_FILTER
 from tdptrace.kernel.resolve import package_btf
 from tdptrace.lab import initramfs, kernels, probes, qemu
 from tdptrace.lab.host import cache_dir, ensure_host_packages
@@ -179,7 +180,9 @@ def run(scenario: Scenario, out: Path | None = None) -> LabRun:
               "HOG": str(int(scenario.hog)), "ITERS": str(scenario.iters), "BASE": str(scenario.base_mib),
               "BUF_KB": str(scenario.buffer_kb), "EVENTS": " ".join(res.tracepoints),
               "HOOK_SETTLE": str(scenario.settle_s), "CONTEND": str(scenario.contend_mib),
-              "HOOK_READY": str(int(scenario.record is not None or scenario.hook_ready))}
+              "HOOK_READY": str(int(scenario.record is not None or scenario.hook_ready)),
+              # A contended scenario also records who waited for mmu_lock (lock:contention_begin/end, 5.19+).
+              "LOCK_EVENTS": str(int(scenario.contend_mib > 0)), "LOCK_FILTER": CONTENTION_FILTER}
     files = {"kprobe_events": "\n".join(res.lines) + "\n"}
     rootfs_dir = scenario.rootfs
     if scenario.hook is not None:
