@@ -88,9 +88,10 @@ def collect(share_out: Path, out: Path) -> RecorderCapture:
     src = share_out / CAPTURE
     log = share_out / "hook.log"
     if status != 0 or not src.is_dir():
-        tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-        raise TdpError(f"the recorder in the guest failed (exit status {status}; log: {log})",
-                       f"last lines: {tail!r}")
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.exists() else []
+        last = next((ln for ln in reversed(lines) if not ln.startswith(("chroot command exit", "hook exit"))), "")
+        raise TdpError(f"the recorder in the guest failed (exit status {status}: {last.strip()[:200]!r}; "
+                       f"log: {log})", f"last lines: {lines[-3:]!r}")
     dst = out / CAPTURE
     shutil.rmtree(dst, ignore_errors=True)
     shutil.move(str(src), str(dst))

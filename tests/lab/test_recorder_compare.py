@@ -114,3 +114,15 @@ def test_probe_skew_is_the_spread_of_the_offsets_between_the_captures():
     ty = pd.DataFrame({"ts": [150], "ret_ts": [160]})
     ry = pd.DataFrame({"ts": [150 + 1_000_000 - 300], "ret_ts": [0]})  # a yield without its return
     assert recorder.probe_skew_ns(t, r, ty, ry) == 1000
+
+
+def test_a_failed_recorder_is_one_line_naming_its_last_words(tmp_path):
+    from tdptrace.errors import TdpError
+
+    (tmp_path / "record_status").write_text("1\n")
+    (tmp_path / "hook.log").write_text("Traceback ...\nValueError: left keys must be sorted\nchroot command exit 0\n"
+                                      "hook exit 0\n")
+    with pytest.raises(TdpError) as e:
+        recorder.collect(tmp_path, tmp_path)
+    assert "exit status 1: 'ValueError: left keys must be sorted'" in e.value.message
+    assert "\n" not in e.value.message
