@@ -1,5 +1,6 @@
 """`tdptrace record` (the wheel installed in the lab's rootfs) inside real TDP MMU guests agrees with the lab's
-own tracefs capture of the same run: the ftrace backend on every lab kernel, BCC (kprobes) on 6.12 and 6.1.
+own tracefs capture of the same run: the ftrace backend on every lab kernel, BCC (kprobes) on 6.12 (6.1 agrees
+too, checked by hand with `lab run -k 6.1 --record bcc`; left out to keep CI's lab time down).
 
 Each run is small (16 MiB): what is checked is that every figure both captures give is the same - zaps by
 level, page tables, lost events, and per zap function the spans, their zaps by level, yields, retained tables
@@ -16,7 +17,7 @@ from .conftest import KERNELS
 pytestmark = pytest.mark.lab
 
 RECORD_MIB = 16
-BCC_KERNELS = ("6.1", "6.12")
+BCC_KERNELS = ("6.12",)
 
 
 def _check(r) -> None:
