@@ -105,6 +105,21 @@ def _nest(spans: pd.DataFrame) -> pd.DataFrame:
     return spans
 
 
+def _last_before(points: pd.DataFrame, spans: pd.DataFrame) -> np.ndarray:
+    """For each point (sorted by seq), the span_id of the last span of the same task started at or before it
+    (-1 if none): one searchsorted per task. (pandas' merge_asof refused such keys as unsorted on a 7.3
+    recording.)"""
+    out = np.full(len(points), -1, dtype=np.int64)
+    ps, pt = points["seq"].to_numpy(np.int64), points["tid"].to_numpy()
+    st, ss, sid = spans["tid"].to_numpy(), spans["seq"].to_numpy(np.int64), spans["span_id"].to_numpy(np.int64)
+    for tid in np.intersect1d(np.unique(pt), np.unique(st)):  # per task, not per row
+        pi, si = np.flatnonzero(pt == tid), np.flatnonzero(st == tid)
+        pos = np.searchsorted(ss[si], ps[pi], side="right") - 1
+        ok = pos >= 0
+        out[pi[ok]] = sid[si[pos[ok]]]
+    return out
+
+
 def _innermost(points: pd.DataFrame, spans: pd.DataFrame) -> np.ndarray:
     """span_id of the innermost span of the same task containing each point (by seq); -1 if none."""
     if points.empty or spans.empty:
@@ -118,11 +133,10 @@ def _innermost(points: pd.DataFrame, spans: pd.DataFrame) -> np.ndarray:
         out[known] = inner
         return out
     p["seq"] = p["seq"].astype(np.int64)
-    p = p.sort_values("seq")
-    s = spans[["span_id", "tid", "seq"]].rename(columns={"span_id": "cand"})
-    s = s[s["seq"].notna()].astype({"seq": np.int64}).sort_values("seq")
-    m = pd.merge_asof(p, s, on="seq", by="tid", direction="backward")
-    cand = m["cand"].fillna(-1).to_numpy(np.int64, copy=True)  # written below; pandas may hand out a read-only view
+    m = p.sort_values("seq", kind="stable").reset_index(drop=True)
+    s = spans[["span_id", "tid", "seq"]]
+    s = s[s["seq"].notna()].astype({"seq": np.int64}).sort_values("seq", kind="stable")
+    cand = _last_before(m, s)
     end = spans.set_index("span_id")["attr_end"]
     parent = spans.set_index("span_id")["parent_id"]
     q = m["seq"].to_numpy()
