@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tdptrace.capture import CaptureMeta, CaptureWriter, default_host
 from tdptrace.capture.assemble import Assembler
@@ -32,6 +33,8 @@ from tdptrace.kernel.spte import encoding_for_release
 from tdptrace.kernel.validate import Evidence
 
 FORMATS = ("auto", "tracefs", "trace-cmd", "perf")
+# Special events (kprobes, page tables, waits) of the native path are decoded in batches of about this many rows.
+DEFERRED_ROWS = 65536
 
 
 @dataclass
@@ -83,8 +86,8 @@ def _pure(parser, data: bytes) -> Scanned:
 
 def _parsed_blocks(path: Path, parser, native: bool) -> Iterator[tuple[Block, Scanned | None]]:
     """Parse and decode the file block by block (one block in memory at a time), numbering each from 0.
-    With the native scanner (tracefs text), the next block is read and scanned on a second thread while
-    this one is decoded and written."""
+    With the native scanner (tracefs text), the next block is read, scanned and split in Arrow on a second
+    thread while this one's few special events are decoded (pandas, which holds the GIL) and it is written."""
     from concurrent.futures import ThreadPoolExecutor
 
     def read(block: Block) -> tuple[Block, Scanned | None]:
@@ -98,9 +101,9 @@ def _parsed_blocks(path: Path, parser, native: bool) -> Iterator[tuple[Block, Sc
         return
     it = blocks(path)
 
-    def step() -> tuple[Block, Scanned | None] | None:
+    def step() -> tuple[Block, fastscan.Prescanned | None] | None:
         block = next(it, None)
-        return None if block is None else read(block)
+        return None if block is None else (block, fastscan.prescan(block.data) if block.data else None)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tdptrace-scan") as pool:
         pending = pool.submit(step)
@@ -109,7 +112,8 @@ def _parsed_blocks(path: Path, parser, native: bool) -> Iterator[tuple[Block, Sc
             if got is None:
                 return
             pending = pool.submit(step)  # the file's next block is read and scanned meanwhile
-            yield got
+            block, pre = got
+            yield block, (fastscan.finish_scan(pre, defer=True) if pre is not None else None)  # pandas: here
 
 
 # What `uname -r` prints: 6.1.0-56-amd64, 5.10.0-32-cloud-amd64, 6.12.9+bpo-amd64 (nothing else lands in meta).
@@ -203,6 +207,35 @@ def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str 
     with CaptureWriter(out, meta, overwrite=force) as writer:
         asm = Assembler(writer, enc)
         seq = 0
+        # Blocks' special events (seq of the whole file) not decoded yet, each with the evidence as it stood after
+        # its block: a --kernel the trace contradicts is refused with the facts of the block that did it, as if
+        # every block had been decoded at once.
+        deferred: list[tuple[pa.Table, Evidence]] = []
+
+        def check() -> None:
+            try:
+                validate.check(kernel_release, evidence)
+            except validate.KernelContradiction:
+                seen = Evidence()
+                for rest, before in deferred:  # which deferred block first contradicts the release
+                    _gather(seen, decode(rest))
+                    validate.check(kernel_release, Evidence(before.events | seen.events,
+                                                            before.functions | seen.functions,
+                                                            before.markers | seen.markers))
+                raise
+
+        def add(chunk, gathered: bool = False) -> None:  # noqa: ANN001 - a RawChunk, seq of the whole file
+            if not gathered:
+                _gather(evidence, chunk)
+            if kernel_release:  # refuse a --kernel the trace contradicts before writing more of it
+                check()
+            asm.add(chunk)
+
+        def flush_deferred() -> None:  # decoded in event order, before anything later is added
+            if deferred:
+                add(decode(pa.concat_tables([rest for rest, _ in deferred])))
+                deferred.clear()
+
         native = kind == "tracefs" and fastscan.available()
         for block, parsed in _parsed_blocks(path, parser, native):
             if block.long_lines:
@@ -217,17 +250,29 @@ def _import_text(path: Path, out: str | Path, *, kind: str, kernel_release: str 
                     result.unparsed_example = parsed.unparsed_example
                 asm.lost.extend((cpu, count, pos + seq) for cpu, count, pos in parsed.lost)
                 asm.header_overrun += parsed.header_overrun
+                if parsed.rest is None and chunk is not None and deferred:
+                    flush_deferred()  # this block decoded its own: what came before goes first
+                if parsed.rest is not None:
+                    rest = parsed.rest
+                    deferred.append((rest.set_column(1, "seq", pc.add(rest.column("seq"), pa.scalar(seq, pa.int64())))
+                                     .cast(tracefs.empty_events().schema), Evidence()))
                 if chunk is not None:
                     _gather(evidence, chunk)
-                    if kernel_release:  # refuse a --kernel the trace contradicts before writing more of it
-                        validate.check(kernel_release, evidence)
-                    asm.add(chunk.shifted(seq))
+                if parsed.rest is not None:  # the evidence after this block, but for the rests not decoded
+                    deferred[-1][1].events |= evidence.events
+                    deferred[-1][1].functions |= evidence.functions
+                    deferred[-1][1].markers |= evidence.markers
+                if chunk is not None:
+                    add(chunk.shifted(seq), gathered=True)
+                if sum(t.num_rows for t, _ in deferred) >= DEFERRED_ROWS:
+                    flush_deferred()
                 seq += n
                 result.events += n
                 if progress:
                     progress("reading", min(block.consumed, size), size)
             if block.last and block.truncated_tail.strip():
                 result.truncated_tail = block.truncated_tail.decode("utf-8", errors="replace")[:80]
+        flush_deferred()
         if result.long_lines:  # skipped, never held: counted as lines that could not be read
             result.lines += result.long_lines
             result.unparsed += result.long_lines
