@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tdptrace.capture import CaptureWriter
+from tdptrace.capture import CaptureMeta, CaptureWriter
 from tdptrace.capture.hashing import PointerHasher
 from tdptrace.capture.pagetables import classify, retained_series
 from tdptrace.capture.raw import RawChunk
@@ -98,35 +99,28 @@ class Assembler:
         calls = pd.concat(self.calls, ignore_index=True) if self.calls else _empty_calls()
         step("zap spans and yield points")
         spans, yields, entry_only = build_spans(calls, zaps)
-        step("retained page tables")
-        series = retained_series(sptes, cls)
-        stats = {"spans": len(spans), "yields": len(yields), "orphan_returns": spans.attrs.get("orphan_returns", 0)}
-        if len(spans):
-            spans_out = self._spans_table(spans, series.at(spans["attr_end"].to_numpy()), bool(len(sptes)))
-            self.writer.append("spans", spans_out)
-        if len(yields):
-            self.writer.append("yields", self._yields_table(yields))
-        step("writing page tables and markers")
-        if self.page_tables:
-            pt = pd.concat(self.page_tables, ignore_index=True)
-            if tdp_role_level_is_parent(meta.kernel.get("release")) and self.spte_rows:
-                # 5.10's TDP MMU allocates a table with the role level of the entry that points at it
-                # (alloc_tdp_mmu_page(vcpu, gfn, iter.level)); seen on Debian 5.10.223: 'l2' for level-1 tables.
-                pt["level"] = (pt["level"].astype(np.int64) - 1).clip(lower=1).astype(np.uint8)
-                meta.notes.append("5.10 TDP MMU: kvm_mmu_get_page role levels shifted down by one to the "
-                                  "table's own level; kvm_mmu_prepare_zap_page does not fire for TDP tables")
-            self.writer.append("page_tables", pt)
-        markers = self.markers + ([self._calls_as_markers(entry_only)] if len(entry_only) else [])
-        if markers or self.marker_tables:
-            # Kernel addresses in 'detail' are hashed by the writer's scrubber, like every text column.
-            parts = [pa.Table.from_pandas(df[MARKERS.names], schema=MARKERS, preserve_index=False) for df in markers]
-            m = pa.concat_tables(parts + [t.cast(MARKERS) for t in self.marker_tables])
-            self.writer.append("markers", m.take(pc.sort_indices(m, [("seq", "ascending")])))
+        # The markers (most of the rows still to write) are sorted, scrubbed and written on a second thread while
+        # the spans and retained tables are derived and written here: Arrow and Parquet work without the GIL.
+        # Not when chunks are observed (a live capture): its observer hears them on one thread, in order.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tdptrace-markers") \
+            if self.writer.on_chunk is None else None
+        written = pool.submit(self._write_markers, entry_only) if pool else None
+        try:
+            self._finish_tables(step, meta, sptes, cls, spans, yields)
+        finally:
+            if pool:
+                wait([written])
+                pool.shutdown()
+        if written is None:
+            self._write_markers(entry_only)
+        else:
+            written.result()  # an error writing them (a full disk) is raised here
         if self.waits.seen_lock or self.waits.seen_fault:  # nothing can be open otherwise
             self.writer.append("waits", self.waits.close())
         if self.waits.lost_ends:
             meta.notes.append(f"{self.waits.lost_ends} lock contention waits lost their contention_end event and "
                               "were left out")
+        stats = {"spans": len(spans), "yields": len(yields), "orphan_returns": spans.attrs.get("orphan_returns", 0)}
         total_lost = self._write_lost()
         meta.events = {"counts": dict(sorted(self.counts.items())), "unknown": dict(sorted(self.unknown.items()))}
         has_calls = len(calls) > 0
@@ -142,6 +136,36 @@ class Assembler:
         }
         stats["lost"] = total_lost
         return stats
+
+    def _finish_tables(self, step: Callable[[str], None], meta: CaptureMeta, sptes: pd.DataFrame,
+                       cls: pd.DataFrame, spans: pd.DataFrame, yields: pd.DataFrame) -> None:
+        """Spans (with the tables retained at their end), yields and page tables, written."""
+        step("retained page tables")
+        series = retained_series(sptes, cls)
+        if len(spans):
+            spans_out = self._spans_table(spans, series.at(spans["attr_end"].to_numpy()), bool(len(sptes)))
+            self.writer.append("spans", spans_out)
+        if len(yields):
+            self.writer.append("yields", self._yields_table(yields))
+        step("writing page tables and markers")
+        if self.page_tables:
+            pt = pd.concat(self.page_tables, ignore_index=True)
+            if tdp_role_level_is_parent(meta.kernel.get("release")) and self.spte_rows:
+                # 5.10's TDP MMU allocates a table with the role level of the entry that points at it
+                # (alloc_tdp_mmu_page(vcpu, gfn, iter.level)); seen on Debian 5.10.223: 'l2' for level-1 tables.
+                pt["level"] = (pt["level"].astype(np.int64) - 1).clip(lower=1).astype(np.uint8)
+                meta.notes.append("5.10 TDP MMU: kvm_mmu_get_page role levels shifted down by one to the "
+                                  "table's own level; kvm_mmu_prepare_zap_page does not fire for TDP tables")
+            self.writer.append("page_tables", pt)
+
+    def _write_markers(self, entry_only: pd.DataFrame) -> None:
+        """Every marker in event order, one Parquet part."""
+        markers = self.markers + ([self._calls_as_markers(entry_only)] if len(entry_only) else [])
+        if markers or self.marker_tables:
+            # Kernel addresses in 'detail' are hashed by the writer's scrubber, like every text column.
+            parts = [pa.Table.from_pandas(df[MARKERS.names], schema=MARKERS, preserve_index=False) for df in markers]
+            m = pa.concat_tables(parts + [t.cast(MARKERS) for t in self.marker_tables])
+            self.writer.append("markers", m.take(pc.sort_indices(m, [("seq", "ascending")])))
 
     def _spans_table(self, spans: pd.DataFrame, retained: np.ndarray, have_sptes: bool) -> pd.DataFrame:
         h = self.hasher

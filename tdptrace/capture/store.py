@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import stat
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -150,6 +151,7 @@ class CaptureWriter:
         self._chunks: dict[str, int] = {}
         self._rows: dict[str, int] = {}
         self._dropped_returns = 0
+        self._lock = threading.Lock()  # two tables may be written at once (the assembler's last steps)
         try:
             self.write_meta()
         except OutputFull as exc:  # not even meta.json fits: leave nothing behind, and say so
@@ -190,9 +192,10 @@ class CaptureWriter:
                 return
             tbl = frame.select(schema.names).cast(schema)
         tbl, dropped = scrub_table(tbl, self.hasher)
-        self._dropped_returns += dropped
-        d = self._table_dir(table)
-        n = self._chunks.get(table, 0)
+        with self._lock:
+            self._dropped_returns += dropped
+            d = self._table_dir(table)
+        n = self._chunks.get(table, 0)  # one table is never written by two threads at once
         name = f"part-{n:06d}.parquet"
         dictionary, encodings = _encodings(schema)
         try:
@@ -204,8 +207,9 @@ class CaptureWriter:
                     exc.errno = errno.ENOSPC
                 raise _full(self.path / table / name, exc, self.path) from None
             raise
-        self._chunks[table] = n + 1
-        self._rows[table] = self._rows.get(table, 0) + tbl.num_rows
+        with self._lock:
+            self._chunks[table] = n + 1
+            self._rows[table] = self._rows.get(table, 0) + tbl.num_rows
         if self.on_chunk is not None:
             self.on_chunk(table, tbl)
 
