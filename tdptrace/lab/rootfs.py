@@ -79,6 +79,35 @@ def _has_headers(root: Path, release: str) -> bool:
     return (root / str(target).lstrip("/") if target.is_absolute() else link.parent / target).is_dir()
 
 
+def _has_candidate(root: Path, package: str) -> bool:
+    """Whether the rootfs's bookworm apt offers `package` (kernels of later suites have no headers there)."""
+    out = _chroot(root, "apt-cache", "policy", package, what=f"apt-cache policy {package} (rootfs)")
+    return "Candidate:" in out and "Candidate: (none)" not in out
+
+
+def _link_generic_headers(root: Path, release: str) -> None:
+    """Headers for a kernel bookworm has no package for (6.17, 7.3, sid): bookworm's own linux-headers-amd64
+    tree linked as /lib/modules/RELEASE/build and /source, exactly what scripts/bootstrap.sh does on a host
+    without headers. The recorder's programs read arguments from registers and tracepoints from their tracefs
+    formats, never a kernel structure's layout, so any consistent x86 header tree compiles them right."""
+    _chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", "linux-headers-amd64",
+            what="apt-get install linux-headers-amd64 (rootfs)")
+    src = root / "usr" / "src"
+    trees = sorted((d for d in src.glob("linux-headers-*-amd64") if (src / (d.name[:-len("-amd64")] + "-common")).is_dir()),
+                   key=lambda d: [int(x) if x.isdigit() else x for x in d.name.replace("-", ".").split(".")])
+    if not trees:
+        raise MissingCapability("linux-headers-amd64 left no header tree under /usr/src in the rootfs")
+    build_tree = trees[-1]
+    common = src / (build_tree.name[:-len("-amd64")] + "-common")
+    mod = root / "lib" / "modules" / release
+    mod.mkdir(parents=True, exist_ok=True)
+    for name, target in (("build", build_tree), ("source", common)):
+        link = mod / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to("/" + str(target.relative_to(root)))
+
+
 def build(kernel: Kernel, project: Path | None = None, headers: bool = True) -> Path:
     """The rootfs with `kernel`'s headers (BCC compiles against them; headers=False: the ftrace backend needs
     none, and bookworm's apt has none for kernels of other suites) and tdptrace from `project`, a source
@@ -99,8 +128,11 @@ def build(kernel: Kernel, project: Path | None = None, headers: bool = True) -> 
     with _mounted(root):
         if headers and not _has_headers(root, kernel.release):
             _chroot(root, "apt-get", "update", "-q", what="apt-get update (rootfs)")
-            _chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", package,
-                    what=f"apt-get install {package} (rootfs)")
+            if _has_candidate(root, package):
+                _chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", package,
+                        what=f"apt-get install {package} (rootfs)")
+            else:
+                _link_generic_headers(root, kernel.release)
             if not _has_headers(root, kernel.release):
                 raise MissingCapability(f"{package} installed no /lib/modules/{kernel.release}/build in the rootfs")
         if project is not None and _project_digest(project) != _installed_digest(root):

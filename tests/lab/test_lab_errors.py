@@ -102,8 +102,6 @@ def test_failed_boot_keeps_the_console(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "console.log").exists()
 
 
-@pytest.mark.skipif(os.environ.get("TDPTRACE_LAB_ROOTFS") != "1",
-                    reason="builds the 1 GB BCC rootfs (set TDPTRACE_LAB_ROOTFS=1 to run)")
 def test_chroot_command_runs_beside_the_workload(tmp_path: Path) -> None:
     """--chroot-cmd: BCC and tdptrace import inside the guest, with the guest kernel's headers in place."""
     r = run.run(Scenario(kernel="6.1", mib=16, chroot_cmd="python3 -c 'import bcc'; tdptrace --version; "
