@@ -23,7 +23,8 @@ WORKLOAD = Path(__file__).resolve().parents[1] / "support" / "contend_guest.py"
 @pytest.fixture(scope="module")
 def lab_waiters(tmp_path_factory):
     if os.environ.get("TDPTRACE_LAB_ROOTFS") != "1":
-        pytest.skip("builds the 1 GB BCC rootfs (set TDPTRACE_LAB_ROOTFS=1 to run)")
+        pytest.skip("opt-in (TDPTRACE_LAB_ROOTFS=1): timing-sensitive under TCG, and with the ftrace backend's "
+                    "kprobes attached the 6.1 guest's faults no longer retry, so its premise needs re-checking")
     from tdptrace.lab import run
     from tdptrace.lab.scenario import Scenario
 
