@@ -6,12 +6,6 @@
 O=/share/out/bench
 R=/rootfs
 mkdir -p $O
-for d in proc sys dev share; do mkdir -p "$R/$d"; done
-mount -t proc proc "$R/proc"
-mount -o rbind /sys "$R/sys"
-mount -o bind /dev "$R/dev"
-mount -o bind /share "$R/share"
-mount -t tracefs tracefs "$R/sys/kernel/tracing" 2>/dev/null
 
 workload() {  # $1: configuration name; REPS runs of the workload, each timing its own phases
   i=1
@@ -52,6 +46,4 @@ for c in @CONFIGS@; do
   esac
 done
 echo ok > $O/finished
-umount "$R/share" "$R/dev" "$R/proc" 2>/dev/null
-umount -l "$R/sys" 2>/dev/null
 cat /proc/uptime > /share/out/hook_ready

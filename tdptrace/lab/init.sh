@@ -42,6 +42,14 @@ if [ "${ROOTFS:-0}" = 1 ]; then
   # A directory of the host (e.g. a chroot with BCC and tdptrace) for the hook to use.
   mkdir -p /rootfs
   mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 tdproot /rootfs || fail "cannot mount tdproot"
+  # What a command chrooted there needs (every hook that uses the rootfs relies on these being in place).
+  for d in proc sys dev share; do mkdir -p "/rootfs/$d"; done
+  mount -t proc proc /rootfs/proc
+  mount -o rbind /sys /rootfs/sys
+  mount -o bind /dev /rootfs/dev
+  mount -o bind /share /rootfs/share
+  mount -t tracefs tracefs /rootfs/sys/kernel/tracing 2>/dev/null
+  mount -t debugfs debugfs /rootfs/sys/kernel/debug 2>/dev/null
 fi
 
 uname -a > $O/uname.txt

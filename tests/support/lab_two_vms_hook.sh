@@ -7,12 +7,6 @@
 O=/share/out/twovms
 R=/rootfs
 mkdir -p $O
-for d in proc sys dev share; do mkdir -p "$R/$d"; done
-mount -t proc proc "$R/proc"
-mount -o rbind /sys "$R/sys"
-mount -o bind /dev "$R/dev"
-mount -o bind /share "$R/share"
-mount -t tracefs tracefs "$R/sys/kernel/tracing" 2>/dev/null
 
 # Each VMM waits for the recorder (its pid is known before it starts: exec keeps it).
 sh -c "until [ -e $O/go ]; do sleep 0.2; done; exec /kvmtouch 16 0 1 0 0" > $O/a.txt 2>&1 &
@@ -48,6 +42,4 @@ chmod +x $O/compact.sh
 chroot $R /bin/sh -c "export PATH=/opt/tdptrace/bin:/usr/sbin:/usr/bin:/sbin:/bin; exec tdptrace record -q --backend bcc -p $A -o /share/out/twovms/a.tdp -- /share/out/twovms/compact.sh" > $O/record.log 2>&1
 echo $? > $O/record_status
 wait
-umount "$R/share" "$R/dev" "$R/proc" 2>/dev/null
-umount -l "$R/sys" 2>/dev/null
 cat /proc/uptime > /share/out/hook_ready
