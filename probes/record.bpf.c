@@ -110,12 +110,7 @@ TRACEPOINT_PROBE(kvmmmu, kvm_mmu_split_huge_page)
 static __always_inline int on_span_entry(struct pt_regs *ctx, u32 func_id)
 {
 	struct regs6 r;
-	r.r[0] = PT_REGS_PARM1(ctx);
-	r.r[1] = PT_REGS_PARM2(ctx);
-	r.r[2] = PT_REGS_PARM3(ctx);
-	r.r[3] = PT_REGS_PARM4(ctx);
-	r.r[4] = PT_REGS_PARM5(ctx);
-	r.r[5] = PT_REGS_PARM6(ctx);
+	regs6_read(ctx, &r);
 	return span_begin(ctx, bpf_get_current_pid_tgid(), bpf_ktime_get_ns(), func_id, &r);
 }
 
@@ -184,12 +179,7 @@ _Static_assert(TDP_SPAN_FUNCS <= TDP_MAX_FUNCS, "more span functions than func_a
 static __always_inline int on_vmm_call(struct pt_regs *ctx, u32 idx)
 {
 	struct regs6 r;
-	r.r[0] = PT_REGS_PARM1(ctx);
-	r.r[1] = PT_REGS_PARM2(ctx);
-	r.r[2] = PT_REGS_PARM3(ctx);
-	r.r[3] = PT_REGS_PARM4(ctx);
-	r.r[4] = PT_REGS_PARM5(ctx);
-	r.r[5] = PT_REGS_PARM6(ctx);
+	regs6_read(ctx, &r);
 	return vmm_call(bpf_get_current_pid_tgid(), idx, &r);
 }
 

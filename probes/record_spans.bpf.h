@@ -97,6 +97,17 @@ struct regs6 {
 	u64 r[TDP_ARG_REGS];
 };
 
+/* The six argument registers of a kprobe's context, for span_begin and vmm_call. */
+static __always_inline void regs6_read(struct pt_regs *ctx, struct regs6 *r)
+{
+	r->r[0] = PT_REGS_PARM1(ctx);
+	r->r[1] = PT_REGS_PARM2(ctx);
+	r->r[2] = PT_REGS_PARM3(ctx);
+	r->r[3] = PT_REGS_PARM4(ctx);
+	r->r[4] = PT_REGS_PARM5(ctx);
+	r->r[5] = PT_REGS_PARM6(ctx);
+}
+
 static __always_inline u64 reg_arg(struct regs6 *a, s8 i)
 {
 	if (i < 0 || i >= TDP_ARG_REGS)
